@@ -1,0 +1,29 @@
+"""MLflow model-from-code: the few-shot diagnosis model (scans -> class probabilities, label).
+
+The encoder weights (state dict) and the head (plain arrays in an ``.npz``) are artifacts;
+nothing is unpickled at load time.
+"""
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from medcl.fewshot.heads import LinearHead
+from medcl.tracking.inference import embed_inputs, load_encoder, read_meta, scan_inputs
+
+
+class FewShotModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        self.meta = read_meta(context.artifacts["meta"])
+        self.encoder = load_encoder(context.artifacts["weights"], self.meta)
+        self.head = LinearHead.load(context.artifacts["head"])
+
+    def predict(self, context, model_input, params=None):
+        feats = embed_inputs(self.encoder, scan_inputs(model_input), self.meta)
+        probs = self.head.predict_proba(feats)
+        out = pd.DataFrame(probs, columns=[str(c) for c in self.head.classes_])
+        out["label"] = np.asarray(self.head.classes_)[probs.argmax(1)]
+        return out
+
+
+mlflow.models.set_model(FewShotModel())
