@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/medcl demo --out $(OUT)
+	$(VENV)/bin/medcl demo --config configs/demo.yaml --out $(OUT)
 
 test: setup
 	$(PY) -m pytest -q

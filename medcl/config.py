@@ -83,7 +83,7 @@ class FewShotConfig:
 
 @dataclass
 class DemoConfig:
-    n_subjects: int = 60
+    n_subjects: int = 90
     seed: int = 0
 
 

@@ -1,0 +1,44 @@
+import pytest
+
+from medcl.config import ConfigError, config_to_dict, flatten, load_config
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochs: 3\n  temperature: 0.1\nfewshot:\n  shots: [1, 5]\n")
+    cfg = load_config(f, ["train.epochs=7", "augment.view_size=32", "fewshot.shots=2,4"])
+    assert cfg.train.epochs == 7 and cfg.train.temperature == 0.1
+    assert cfg.augment.view_size == 32 and cfg.fewshot.shots == (2, 4)
+    assert cfg.model.arch == "resnet10"
+    assert flatten(config_to_dict(cfg))["train.epochs"] == 7
+
+
+@pytest.mark.parametrize("override,named", [
+    ("train.epochz=3", "train.epochz"),
+    ("train.epochs=three", "train.epochs"),
+    ("train.epochs=2.5", "train.epochs"),
+    ("model.arch=vgg", "model.arch"),
+    ("augment.crop_scale=[0.9, 0.5]", "augment.crop_scale"),
+    ("train.batch_size=1", "train.batch_size"),
+    ("nosection.x=1", "nosection"),
+])
+def test_bad_keys_and_values_are_one_line_errors_naming_the_key(override, named):
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, [override])
+    assert named in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(f)
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    files = sorted(Path(__file__).parents[1].joinpath("configs").rglob("*.yaml"))
+    assert files, "configs/ ships at least one config"
+    for f in files:
+        load_config(f)
