@@ -1,0 +1,184 @@
+"""Few-shot heads against scikit-learn references on random data."""
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics.pairwise import cosine_similarity, euclidean_distances
+from sklearn.neighbors import NearestCentroid
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import Normalizer, StandardScaler, normalize
+
+from medcl.fewshot.heads import HEADS, LinearHead, LogisticHead, PrototypeHead, make_head
+
+# NearestCentroid also computes within-class spreads, which warn for one-sample classes
+pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:self.within_class_std_dev_:UserWarning")]
+
+
+def _task(seed, n_per_class=(3, 5, 4), d=16, n_query=30, shift=0.0):
+    """Random support/query data; uneven class sizes so class means differ in norm."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.array(["AD", "CN", "MCI"]), n_per_class)
+    X = rng.normal(size=(len(y), d)) + shift
+    Xq = rng.normal(size=(n_query, d)) + shift
+    return X, y, Xq
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_euclidean_prototype_is_nearest_centroid(seed):
+    X, y, Xq = _task(seed, shift=2.0)
+    head = PrototypeHead(metric="euclidean", centre=False).fit(X, y)
+    ref = NearestCentroid().fit(X, y)
+    np.testing.assert_array_equal(head.predict(Xq), ref.predict(Xq))
+    np.testing.assert_allclose(head.prototypes_, ref.centroids_)
+
+
+def test_euclidean_proba_is_softmax_of_negative_squared_distance_and_ignores_centring():
+    X, y, Xq = _task(0, shift=1.0)
+    expected = softmax(-euclidean_distances(Xq, NearestCentroid().fit(X, y).centroids_, squared=True), axis=1)
+    for centre in (False, True):  # distances do not change under a common shift
+        proba = PrototypeHead(metric="euclidean", centre=centre).fit(X, y).predict_proba(Xq)
+        np.testing.assert_allclose(proba, expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_cosine_one_shot_is_nearest_centroid_on_l2_normalised_features(seed):
+    # With one shot every prototype is a unit vector, so for a unit query
+    # |q - p|^2 = 2 - 2 cos(q, p): nearest centroid == highest cosine.
+    X, y, Xq = _task(seed, n_per_class=(1, 1, 1))
+    head = PrototypeHead(metric="cosine", centre=False).fit(X, y)
+    ref = NearestCentroid().fit(normalize(X), y)
+    np.testing.assert_array_equal(head.predict(Xq), ref.predict(normalize(Xq)))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_cosine_k_shot_is_cosine_to_the_normalised_features_class_means(seed):
+    # With K > 1 the class means of unit vectors have different norms, so the exact
+    # equivalent is the cosine to NearestCentroid's centroids of the normalised features.
+    X, y, Xq = _task(seed)
+    head = PrototypeHead(metric="cosine", centre=False, temperature=3.0).fit(X, y)
+    ref = NearestCentroid().fit(normalize(X), y)
+    cos = cosine_similarity(Xq, ref.centroids_)
+    np.testing.assert_array_equal(head.predict(Xq), ref.classes_[cos.argmax(1)])
+    np.testing.assert_allclose(head.predict_proba(Xq), softmax(3.0 * cos, axis=1), atol=1e-10)
+
+
+def test_cosine_differs_from_nearest_centroid_when_class_means_differ_in_norm():
+    # Class A: two unit vectors at +-60 deg (mean (0.5, 0), norm 0.5); class B: one at 70 deg.
+    # A query at 34 deg is 34 deg from A's direction and 36 deg from B: cosine says A, but the
+    # Euclidean distance to A's short mean (0.421) exceeds that to B (0.382): NearestCentroid says B.
+    unit = lambda deg: np.array([np.cos(np.radians(deg)), np.sin(np.radians(deg))])
+    X, y = np.stack([unit(60), unit(-60), unit(70)]), np.array(["A", "A", "B"])
+    q = unit(34)[None]
+    assert PrototypeHead(metric="cosine", centre=False).fit(X, y).predict(q)[0] == "A"
+    assert NearestCentroid().fit(X, y).predict(q)[0] == "B"
+
+
+def test_cosine_centring_equals_shifting_by_the_support_mean():
+    X, y, Xq = _task(3, shift=5.0)
+    mean = X.mean(axis=0)
+    centred = PrototypeHead(centre=True).fit(X, y)
+    manual = PrototypeHead(centre=False).fit(X - mean, y)
+    np.testing.assert_allclose(centred.predict_proba(Xq), manual.predict_proba(Xq - mean), atol=1e-12)
+    # and centring matters when all features share a large offset (the usual post-ReLU case)
+    assert not np.allclose(centred.predict_proba(Xq), PrototypeHead(centre=False).fit(X, y).predict_proba(Xq))
+
+
+def test_cosine_is_scale_invariant_per_row_without_centring():
+    X, y, Xq = _task(4)
+    rng = np.random.default_rng(0)
+    head = PrototypeHead(centre=False).fit(X, y)
+    scaled = PrototypeHead(centre=False).fit(X * rng.uniform(0.1, 10, (len(X), 1)), y)
+    np.testing.assert_allclose(head.predict_proba(Xq), scaled.predict_proba(Xq * 7.0), atol=1e-12)
+
+
+def test_temperature_sharpens_but_does_not_change_predictions():
+    X, y, Xq = _task(5)
+    soft = PrototypeHead(temperature=1.0).fit(X, y)
+    sharp = PrototypeHead(temperature=50.0).fit(X, y)
+    np.testing.assert_array_equal(soft.predict(Xq), sharp.predict(Xq))
+    assert sharp.predict_proba(Xq).max(1).mean() > soft.predict_proba(Xq).max(1).mean()
+
+
+@pytest.mark.parametrize("centre", [True, False])
+@pytest.mark.parametrize("C", [0.1, 1.0, 10.0])
+def test_logistic_head_matches_sklearn_pipeline(centre, C):
+    X, y, Xq = _task(6, shift=1.0)
+    steps = ([StandardScaler(with_std=False)] if centre else []) + [Normalizer()]
+    ref = make_pipeline(*steps, LogisticRegression(C=C, max_iter=1000)).fit(X, y)
+    head = LogisticHead(C=C, centre=centre).fit(X, y)
+    np.testing.assert_array_equal(head.classes_, ref.classes_)
+    np.testing.assert_allclose(head.predict_proba(Xq), ref.predict_proba(Xq), atol=1e-8)
+    np.testing.assert_array_equal(head.predict(Xq), ref.predict(Xq))
+
+
+@pytest.mark.parametrize("name,kwargs", [("prototype", {}), ("prototype", {"metric": "euclidean"}),
+                                         ("logreg", {}), ("logreg", {"centre": False})])
+def test_probabilities_sum_to_one_in_classes_order(name, kwargs):
+    X, y, Xq = _task(7)
+    head = make_head(name, **kwargs).fit(X, y)
+    proba = head.predict_proba(Xq)
+    assert proba.shape == (len(Xq), 3)
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    assert (proba >= 0).all()
+    assert head.classes_.tolist() == ["AD", "CN", "MCI"]
+    np.testing.assert_array_equal(head.predict(Xq), head.classes_[proba.argmax(1)])
+
+
+def test_heads_learn_clear_structure():
+    rng = np.random.default_rng(8)
+    y = np.repeat([0, 1, 2], 5)
+    centres = rng.normal(size=(3, 64)) * 3
+    X, Xq = centres[y] + rng.normal(size=(15, 64)), centres[y] + rng.normal(size=(15, 64))
+    for name in HEADS:
+        assert (make_head(name).fit(X, y).predict(Xq) == y).mean() == 1.0
+
+
+def test_make_head_and_argument_errors():
+    assert isinstance(make_head("logreg", C=0.5), LogisticHead) and make_head("logreg", C=0.5).C == 0.5
+    with pytest.raises(ValueError, match=r"unknown head 'knn'; known heads: logreg, prototype"):
+        make_head("knn")
+    with pytest.raises(ValueError, match="unknown metric 'manhattan'"):
+        PrototypeHead(metric="manhattan")
+    with pytest.raises(ValueError, match="temperature"):
+        PrototypeHead(temperature=0)
+    with pytest.raises(ValueError, match="C must be"):
+        LogisticHead(C=-1)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        PrototypeHead().fit(np.ones((3, 2)), ["a", "a", "a"])
+    for head in (PrototypeHead(), LogisticHead()):
+        with pytest.raises(NotFittedError, match="not fitted"):
+            head.predict(np.ones((1, 2)))
+    X, y, _ = _task(9)
+    with pytest.raises(ValueError, match=r"shape \(n, 16\)"):
+        LogisticHead().fit(X, y).predict_proba(np.ones((2, 3)))
+
+
+# --- LinearHead: the deployable form ------------------------------------------------------------
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("name,kwargs", [("prototype", {}), ("prototype", {"centre": False, "temperature": 4.0}),
+                                         ("prototype", {"metric": "euclidean"}), ("logreg", {}),
+                                         ("logreg", {"centre": False, "C": 5.0})])
+def test_to_linear_gives_the_same_probabilities(name, kwargs, n_classes, tmp_path):
+    X, y, Xq = _task(10, n_per_class=(4, 5, 3)[:n_classes] + (0,) * (3 - n_classes), shift=0.5)
+    head = make_head(name, **kwargs).fit(X, y)
+    linear = head.to_linear()
+    np.testing.assert_allclose(linear.predict_proba(Xq), head.predict_proba(Xq), atol=1e-10)
+    np.testing.assert_array_equal(linear.predict(Xq), head.predict(Xq))
+    linear.save(tmp_path / "head.npz")
+    loaded = LinearHead.load(tmp_path / "head.npz")  # allow_pickle=False inside
+    assert loaded.classes_.tolist() == head.classes_.tolist()
+    np.testing.assert_allclose(loaded.predict_proba(Xq), head.predict_proba(Xq), atol=1e-10)
+
+
+def test_linear_head_errors(tmp_path):
+    with pytest.raises(NotFittedError):
+        PrototypeHead().to_linear()
+    with pytest.raises(ValueError, match="weight"):
+        LinearHead(["a", "b"], np.zeros(3), np.zeros((2, 4)), np.zeros(2), normalise=True)
+    (tmp_path / "bad.npz").write_bytes(b"not an npz")
+    with pytest.raises(ValueError, match="not a LinearHead"):
+        LinearHead.load(tmp_path / "bad.npz")
