@@ -11,20 +11,22 @@ import torch
 from monai.networks import nets
 from torch import nn
 
-FEATURE_DIMS = {"resnet10": 512, "resnet18": 512, "resnet34": 512, "resnet50": 2048}
+FEATURE_DIMS = {"resnet10": 512, "resnet18": 512, "resnet34": 512, "resnet50": 2048}  # at widen_factor 1
 
 
 class Encoder(nn.Module):
     """MONAI 3D ResNet without its classifier: (B, 1, D, H, W) -> (B, feature_dim)."""
 
-    def __init__(self, arch: str = "resnet10", conv1_t_stride: int = 2, in_channels: int = 1):
+    def __init__(self, arch: str = "resnet10", conv1_t_stride: int = 2, widen_factor: float = 1.0,
+                 in_channels: int = 1):
         super().__init__()
         if arch not in FEATURE_DIMS:
             raise ValueError(f"unknown encoder arch '{arch}' (known: {', '.join(FEATURE_DIMS)})")
         self.arch = arch
-        self.feature_dim = FEATURE_DIMS[arch]
+        self.feature_dim = int(FEATURE_DIMS[arch] * widen_factor)
         self.net = getattr(nets, arch)(spatial_dims=3, n_input_channels=in_channels,
-                                       conv1_t_stride=conv1_t_stride, feed_forward=False)
+                                       conv1_t_stride=conv1_t_stride, widen_factor=widen_factor,
+                                       feed_forward=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -42,10 +44,11 @@ class ProjectionHead(nn.Sequential):
         )
 
 
-def build_encoder(arch: str = "resnet10", conv1_t_stride: int = 2, seed: int | None = None) -> Encoder:
+def build_encoder(arch: str = "resnet10", conv1_t_stride: int = 2, widen_factor: float = 1.0,
+                  seed: int | None = None) -> Encoder:
     """A freshly initialised encoder; ``seed`` makes the initialisation reproducible."""
     if seed is None:
-        return Encoder(arch, conv1_t_stride)
+        return Encoder(arch, conv1_t_stride, widen_factor)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return Encoder(arch, conv1_t_stride)
+        return Encoder(arch, conv1_t_stride, widen_factor)

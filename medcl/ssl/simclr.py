@@ -15,7 +15,7 @@ class SimCLR(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         m = cfg.model
-        self.encoder = build_encoder(m.arch, m.conv1_t_stride)
+        self.encoder = build_encoder(m.arch, m.conv1_t_stride, m.widen_factor)
         self.projector = ProjectionHead(self.encoder.feature_dim, m.proj_hidden, m.proj_dim)
         self.temperature = cfg.train.temperature
 
