@@ -59,8 +59,12 @@ def test_bad_volumes_get_one_line_reasons(data, affine, reason):
 
 
 def test_too_large_volume_is_refused_with_an_estimate():
-    with pytest.raises(IngestError, match=r"too large.*GiB"):
+    with pytest.raises(IngestError, match=r"too large: \(50, 50, 50\) needs ~0\.5 MiB"):
         preprocess(np.zeros((50, 50, 50), np.float32), np.eye(4), DataConfig(max_voxels=1000))
+    from medcl.data.errors import check_size
+
+    with pytest.raises(IngestError, match=r"needs ~32\.0 GiB as float32 \(limit data.max_voxels=64000000\)"):
+        check_size((2048, 2048, 2048), DataConfig().max_voxels)   # refused from the shape, nothing allocated
 
 
 def test_batch_goes_on_counts_add_up_and_resume_is_cached(tmp_path):
@@ -77,7 +81,7 @@ def test_batch_goes_on_counts_add_up_and_resume_is_cached(tmp_path):
     out = tmp_path / "cohort"
     res = ingest([src], out, DataConfig(spacing=4.0), labels_csv=labels, progress=False)
     c = res.counts()
-    assert c == {"found": 5, "ingested": 3, "cached": 0, "quarantined": 2, "ignored": 1}
+    assert c == {"found": 5, "ingested": 3, "cached": 0, "quarantined": 2, "ignored": 1, "skipped": 0, "label_issues": 0}
     assert c["found"] == c["ingested"] + c["cached"] + c["quarantined"]
     with open(out / "quarantine.csv") as fh:
         rows = list(csv.DictReader(fh))

@@ -11,6 +11,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,34 +22,23 @@ import numpy as np
 from scipy import ndimage
 
 from medcl.config import DataConfig
+from medcl.data import dicom
+from medcl.data.errors import IngestError, check_size
 from medcl.data.pseudonym import pseudonym
-from medcl.data.sources import ScanSource, discover, read_labels
+from medcl.data.readers import load_nifti, load_source, source_sha256
+from medcl.data.sources import LabelTable, ScanSource, discover, read_labels
+
+__all__ = ["IngestError", "IngestResult", "Preprocessed", "ingest", "load_nifti", "preprocess", "preprocess_file",
+           "read_manifest", "write_manifest"]
 
 MANIFEST_FIELDS = ["scan_key", "subject_key", "label", "split", "shape", "spacing", "source_sha256"]
-
-
-class IngestError(Exception):
-    """A scan that cannot be ingested; ``str(exc)`` is the one-line reason."""
+OPTIONAL_FIELDS = ["kind", "prep_sha256"]   # added later: manifests without them still load
 
 
 @dataclass
 class Preprocessed:
     image: np.ndarray   # float32 (X, Y, Z) in RAS voxel order, z-scored inside the mask
     mask: np.ndarray    # bool foreground (head) mask, same shape
-
-
-def load_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(3D float32 voxels, 4x4 affine) of a NIfTI file, or IngestError."""
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as exc:  # nibabel raises many types for broken files
-        raise IngestError(f"unreadable NIfTI ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise IngestError(f"expected a 3D image, got shape {data.shape}")
-    return data, img.affine
 
 
 def _reorient_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,9 +69,7 @@ def preprocess(data: np.ndarray, affine: np.ndarray, cfg: DataConfig) -> Preproc
         raise IngestError(f"expected a 3D image, got shape {data.shape}")
     if min(data.shape) < 2:
         raise IngestError(f"image is 2D or degenerate, shape {data.shape}")
-    if data.size > cfg.max_voxels:
-        gib = data.size * 4 / 2**30
-        raise IngestError(f"volume too large: {data.shape} needs ~{gib:.1f} GiB as float32 (limit data.max_voxels={cfg.max_voxels})")
+    check_size(data.shape, cfg.max_voxels)
     if not np.all(np.isfinite(data)):
         raise IngestError("image contains NaN or Inf voxels")
     spacing_in = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
@@ -112,40 +102,67 @@ def preprocess(data: np.ndarray, affine: np.ndarray, cfg: DataConfig) -> Preproc
 
 
 def preprocess_file(path: Path, cfg: DataConfig) -> Preprocessed:
-    """Read and preprocess a NIfTI file (what prediction on a new scan uses)."""
-    data, affine = load_nifti(path)
+    """Read and preprocess one scan: a NIfTI file, or a DICOM file or folder holding exactly
+    one volume under the series selection rules (what prediction on a new scan uses)."""
+    path = Path(path)
+    if path.is_file() and path.name.endswith((".nii", ".nii.gz")):
+        data, affine = load_nifti(path, cfg)
+        return preprocess(data, affine, cfg)
+    found = discover([path], cfg)
+    scans = [s for s in found.scans if s.kind in ("dicom", "nifti")]
+    if len(scans) != 1:
+        detail = f"; first problem: {found.problems[0][1]}" if found.problems and not scans else ""
+        raise IngestError(f"{path}: expected one scan, found {len(scans)} ({len(found.skipped)} DICOM series "
+                          f"skipped by the selection rules, {len(found.ignored)} files ignored{detail})")
+    data, affine = load_source(scans[0], cfg)
     return preprocess(data, affine, cfg)
 
 
 @dataclass
 class IngestResult:
+    """Counts of one ingest. Scans (a NIfTI file, a DICOM volume, an .npz image) add up:
+    ``found = ingested + cached + quarantined``. Apart from them: ``ignored`` files that are
+    not scans, ``skipped`` DICOM series excluded by the selection rules, and ``label_issues``
+    (rows of the label CSV that match no scan, classes too small for the requested shots)."""
+
     found: int = 0
     ingested: int = 0
     skipped_cached: int = 0
     quarantined: list[tuple[str, str]] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    label_issues: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
 
     def counts(self) -> dict[str, int]:
         return {"found": self.found, "ingested": self.ingested, "cached": self.skipped_cached,
-                "quarantined": len(self.quarantined), "ignored": len(self.ignored)}
+                "quarantined": len(self.quarantined), "ignored": len(self.ignored),
+                "skipped": len(self.skipped), "label_issues": len(self.label_issues)}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+MIN_JOBS_FOR_POOL = 8   # starting worker processes costs a second or two: small batches run in-process
+PREP_KEYS = ("spacing", "foreground_threshold", "crop_margin", "clip_percentiles", "policy_4d",
+             "dicom_min_slices", "npz_spacing")
+
+
+def prep_sha256(cfg: DataConfig) -> str:
+    """Hash of the settings that change a cached array (a cached scan is reused only if equal)."""
+    values = {k: getattr(cfg, k) for k in PREP_KEYS}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
 def _assign_splits(rows: list[dict], test_fraction: float, seed: int) -> None:
-    """Subject-level split, stratified by label: a subject's scans share one split."""
+    """Subject-level split, stratified by label: a subject's scans share one split. Rows whose
+    source gave a split (MedMNIST ``train``/``val``/``test``) keep it."""
     by_label: dict[str, list[str]] = {}
+    given = {r["subject_key"]: r["split"] for r in rows if r.get("split")}
     for r in rows:
+        if r["subject_key"] in given:
+            continue
         subs = by_label.setdefault(r["label"], [])
         if r["subject_key"] not in subs:
             subs.append(r["subject_key"])
-    split_of: dict[str, str] = {}
+    split_of: dict[str, str] = dict(given)
     rng = np.random.default_rng(seed)
     for label, subs in sorted(by_label.items()):
         subs = sorted(subs)
@@ -157,66 +174,167 @@ def _assign_splits(rows: list[dict], test_fraction: float, seed: int) -> None:
         r["split"] = split_of[r["subject_key"]]
 
 
+@dataclass(frozen=True)
+class _Job:
+    src: ScanSource
+    scan_key: str
+    cached: tuple[str, str] | None    # (source sha, prep sha) of the manifest row, if any
+
+
+def _convert(job: _Job, out: str, cfg: DataConfig, prep: str) -> tuple[str, dict | str]:
+    """Worker: ("cached" | "ok", {shape, source_sha256}) or ("bad", one-line reason)."""
+    arrays = Path(out) / "arrays"
+    try:
+        sha = source_sha256(job.src)
+        if job.cached == (sha, prep) and (arrays / f"{job.scan_key}.npy").exists() \
+                and (arrays / f"{job.scan_key}.mask.npy").exists():
+            return "cached", {"source_sha256": sha}
+        data, affine = load_source(job.src, cfg)
+        pre = preprocess(data, affine, cfg)
+        del data
+        for suffix, arr in ((".npy", pre.image.astype(np.float16)), (".mask.npy", pre.mask.astype(np.uint8))):
+            tmp = arrays / f"{job.scan_key}.tmp{os.getpid()}{suffix}"
+            np.save(tmp, arr)
+            tmp.replace(arrays / f"{job.scan_key}{suffix}")
+        return "ok", {"source_sha256": sha, "shape": "x".join(map(str, pre.image.shape))}
+    except IngestError as exc:
+        return "bad", str(exc)
+    except MemoryError:
+        return "bad", "out of memory while reading or preparing the volume (lower data.max_voxels)"
+    except Exception as exc:  # one bad scan must never stop the batch
+        return "bad", f"unexpected error ({type(exc).__name__}: {dicom.scrub(str(exc))})"
+
+
+def _run_jobs(jobs: list[_Job], out: Path, cfg: DataConfig, prep: str, workers: int, progress: bool):
+    """Yield (job, status, payload) as jobs finish; each worker holds one scan at a time."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc="ingest", unit="scan", disable=not progress)
+    if workers <= 1 or len(jobs) < MIN_JOBS_FOR_POOL:
+        for job in jobs:
+            status, payload = _convert(job, str(out), cfg, prep)
+            bar.update()
+            yield job, status, payload
+    else:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from multiprocessing import get_context
+
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_convert, job, str(out), cfg, prep): job for job in jobs}
+            for fut in as_completed(futures):
+                status, payload = fut.result()
+                bar.update()
+                yield futures[fut], status, payload
+    bar.close()
+
+
+def _label_of(src: ScanSource, table: LabelTable | None, used: set[str]) -> tuple[str, str | None]:
+    """(label, quarantine reason or None) of a scan from its source and the label CSV."""
+    label = src.label
+    if table is None:
+        return label, None
+    key, csv_label = table.lookup(src)
+    if key is None:
+        return label, None
+    used.add(key)
+    if key in table.conflicts:
+        lines = ", ".join(map(str, table.lines[key]))
+        return "", f"conflicting labels for its {table.column} in {table.path.name} (lines {lines})"
+    if label and csv_label and label != csv_label:
+        return "", f"label in {table.path.name} (line {table.lines[key][0]}) differs from the source's own label"
+    return csv_label or label, None
+
+
 def ingest(paths: list[Path], out: Path, cfg: DataConfig, labels_csv: Path | None = None,
-           test_fraction: float = 0.0, split_seed: int = 0, progress: bool = True) -> IngestResult:
+           test_fraction: float = 0.0, split_seed: int = 0, progress: bool = True, shots: int = 0) -> IngestResult:
     """Ingest every scan under ``paths`` into the cohort folder ``out``.
 
     Writes ``out/arrays/<scan_key>.npy`` (float16 image) and ``<scan_key>.mask.npy``,
-    ``out/manifest.csv`` and ``out/quarantine.csv`` (``path,reason``; one row per bad file).
-    ``found = ingested + cached + quarantined`` for scan files; non-scan files are ``ignored``.
+    ``out/manifest.csv``, ``out/quarantine.csv`` (``path,reason``: one row per bad scan and per
+    label problem) and ``out/ingest.json`` (counts). Counts: see :class:`IngestResult`. A second
+    run reuses every scan whose content hash and preprocessing settings are unchanged.
+    ``shots`` (the largest K that few-shot evaluation will ask for) flags classes too small.
     """
-    from tqdm import tqdm
-
+    t0 = time.perf_counter()
     out = Path(out)
     (out / "arrays").mkdir(parents=True, exist_ok=True)
-    found = discover([Path(p) for p in paths])
-    labels = read_labels(Path(labels_csv)) if labels_csv else {}
-    result = IngestResult(found=len(found.scans), ignored=[(str(p), r) for p, r in found.ignored])
+    workers = cfg.workers or os.cpu_count() or 1
+    found = discover([Path(p) for p in paths], cfg, workers)
+    table = read_labels(Path(labels_csv)) if labels_csv else None
+    result = IngestResult(found=len(found.scans) + len(found.problems),
+                          quarantined=[(str(p), r) for p, r in found.problems],
+                          ignored=[(str(p), r) for p, r in found.ignored],
+                          skipped=[(str(p), r) for p, r in found.skipped])
     old = {r["scan_key"]: r for r in read_manifest(out)} if (out / "manifest.csv").exists() else {}
-    rows: list[dict] = []
-    for src in tqdm(found.scans, desc="ingest", unit="scan", disable=not progress):
-        try:
-            row = _ingest_one(src, out, cfg, labels, old)
-        except IngestError as exc:
-            result.quarantined.append((str(src.path), str(exc)))
+    prep = prep_sha256(cfg)
+    jobs, meta, used = [], {}, set()
+    for src in found.scans:
+        label, problem = _label_of(src, table, used)
+        if problem:
+            result.quarantined.append((str(src.path), problem))
             continue
-        if row.pop("_cached", False):
+        scan_key = pseudonym(f"{src.subject_id}/{src.scan_id}", "scan")
+        if scan_key in meta:   # the same scan reached twice (e.g. through a symlink)
+            result.quarantined.append((str(src.path), "duplicate of another scan in this ingest (same subject and scan id)"))
+            continue
+        prev = old.get(scan_key)
+        cached = (prev["source_sha256"], prev.get("prep_sha256", "")) if prev else None
+        jobs.append(_Job(src, scan_key, cached))
+        meta[scan_key] = {"scan_key": scan_key, "subject_key": pseudonym(src.subject_id, "sub"), "label": label,
+                          "split": src.split, "spacing": cfg.spacing, "kind": src.kind, "prep_sha256": prep}
+    if table is not None:
+        for key in sorted(set(table.labels) - used, key=lambda k: table.lines[k][0]):
+            result.label_issues.append((str(table.path), f"line {table.lines[key][0]}: {table.column} matches no scan found"))
+    rows = []
+    for job, status, payload in _run_jobs(jobs, out, cfg, prep, workers, progress):
+        if status == "bad":
+            result.quarantined.append((str(job.src.path), payload))
+            continue
+        row = {**meta[job.scan_key], **payload}
+        if status == "cached":
+            row["shape"] = old[job.scan_key]["shape"]
             result.skipped_cached += 1
         else:
             result.ingested += 1
         rows.append(row)
+    _flag_small_classes(rows, shots, table, result)
     _assign_splits(rows, test_fraction, split_seed)
     write_manifest(out, rows)
+    result.quarantined.sort()
     with open(out / "quarantine.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "reason"])
-        w.writerows(result.quarantined)
-    (out / "ingest.json").write_text(json.dumps({"counts": result.counts(), "data": vars(cfg)}, indent=2, default=list))
+        w.writerows(result.quarantined + result.label_issues)
+    result.seconds = time.perf_counter() - t0
+    (out / "ingest.json").write_text(json.dumps({"counts": result.counts(), "seconds": round(result.seconds, 2),
+                                                 "data": vars(cfg)}, indent=2, default=list))
     return result
 
 
-def _ingest_one(src: ScanSource, out: Path, cfg: DataConfig, labels: dict[str, str], old: dict) -> dict:
-    subject_key = pseudonym(src.subject_id, "sub")
-    scan_key = pseudonym(f"{src.subject_id}/{src.scan_id}", "scan")
-    sha = _sha256(src.path)
-    label = labels.get(src.subject_id, "")
-    prev = old.get(scan_key)
-    if prev and prev["source_sha256"] == sha and (out / "arrays" / f"{scan_key}.npy").exists():
-        return {**prev, "label": label, "_cached": True}
-    pre = preprocess_file(src.path, cfg)
-    np.save(out / "arrays" / f"{scan_key}.npy", pre.image.astype(np.float16))
-    np.save(out / "arrays" / f"{scan_key}.mask.npy", pre.mask.astype(np.uint8))
-    return {"scan_key": scan_key, "subject_key": subject_key, "label": label, "split": "",
-            "shape": "x".join(map(str, pre.image.shape)), "spacing": cfg.spacing, "source_sha256": sha}
+def _flag_small_classes(rows: list[dict], shots: int, table: LabelTable | None, result: IngestResult) -> None:
+    """A class with no more subjects than ``shots`` cannot give K support and one query subject."""
+    if shots <= 0:
+        return
+    subjects: dict[str, set[str]] = {}
+    for r in rows:
+        if r["label"]:
+            subjects.setdefault(r["label"], set()).add(r["subject_key"])
+    scans = Counter(r["label"] for r in rows if r["label"])
+    where = str(table.path) if table is not None else "labels"
+    for label, subs in sorted(subjects.items()):
+        if len(subs) <= shots:
+            result.label_issues.append((where, f"class '{label}' has {scans[label]} scan(s) of {len(subs)} subject(s): "
+                                               f"too few for {shots}-shot episodes (K support subjects plus a query subject)"))
 
 
 def write_manifest(out: Path, rows: list[dict]) -> None:
     tmp = Path(out) / "manifest.csv.tmp"
+    fields = MANIFEST_FIELDS + OPTIONAL_FIELDS
     with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS)
+        w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         for r in sorted(rows, key=lambda r: r["scan_key"]):
-            w.writerow({k: r[k] for k in MANIFEST_FIELDS})
+            w.writerow({k: r.get(k, "") for k in fields})
     tmp.replace(Path(out) / "manifest.csv")
 
 

@@ -1,0 +1,127 @@
+"""Read one scan of any kind into (float32 voxels, 4x4 RAS affine), and hash its content.
+
+Readers only load: validation and canonicalisation are :func:`medcl.data.ingest.preprocess`,
+the one place where a volume is prepared. Each reader refuses an over-large volume from its
+header, before the voxels are read (:func:`medcl.data.errors.check_size`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medcl.config import DataConfig
+from medcl.data import dicom
+from medcl.data.errors import IngestError, check_size
+from medcl.data.sources import ScanSource
+
+
+def reduce_4d(data: np.ndarray, policy: str) -> np.ndarray:
+    """A 4D array (X, Y, Z, T) to 3D by ``policy``: quarantine (error) | first | mean."""
+    if data.ndim != 4 or data.shape[3] == 1:
+        return data[..., 0] if data.ndim == 4 else data
+    if policy == "first":
+        return data[..., 0]
+    if policy == "mean":
+        return data.mean(axis=3, dtype=np.float32)
+    raise IngestError(four_d_reason(data.shape, policy))
+
+
+def four_d_reason(shape: tuple[int, ...], policy: str) -> str:
+    return (f"4D image: {shape[3]} volumes of {tuple(int(s) for s in shape[:3])} (data.policy_4d={policy}; "
+            f"use first or mean to keep it)")
+
+
+def load_nifti(path: Path, cfg: DataConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(3D float32 voxels, 4x4 affine) of a NIfTI file, or IngestError."""
+    cfg = cfg or DataConfig()
+    try:
+        img = nib.load(str(path))
+        shape = img.shape
+    except Exception as exc:  # nibabel raises many types for broken files
+        raise IngestError(f"unreadable NIfTI ({type(exc).__name__}: {dicom.scrub(str(exc)) or 'no detail'})") from None
+    if len(shape) < 3 or min(shape[:3]) < 2:
+        raise IngestError(f"2D image: shape {tuple(shape)}")
+    zooms = _raw_zooms(path, img)
+    sform_code = int(img.header.get("sform_code", 0)) if hasattr(img.header, "get") else 0
+    if sform_code == 0 and not all(np.isfinite(z) and z > 0 for z in zooms):  # nibabel would read 0 as 1 mm
+        raise IngestError(f"zero or invalid voxel spacing in the header (pixdim {zooms})")
+    if len(shape) > 4:
+        raise IngestError(f"expected a 3D image, got {len(shape)} dimensions, shape {tuple(shape)}")
+    if len(shape) == 4 and shape[3] > 1 and cfg.policy_4d == "quarantine":
+        raise IngestError(four_d_reason(shape, cfg.policy_4d))
+    check_size(shape[:3] if cfg.policy_4d == "first" or len(shape) == 3 else shape, cfg.max_voxels)
+    try:
+        proxy = img.dataobj
+        raw = proxy[..., 0] if len(shape) == 4 and cfg.policy_4d == "first" else proxy
+        data = np.asarray(raw, dtype=np.float32)
+    except Exception as exc:
+        raise IngestError(f"unreadable NIfTI voxels ({type(exc).__name__}: {dicom.scrub(str(exc)) or 'no detail'})") from None
+    return reduce_4d(data, cfg.policy_4d), img.affine
+
+
+def _raw_zooms(path: Path, img) -> list[float]:
+    """pixdim[1:4] as stored (nibabel's loader replaces a 0 by 1 when it checks the header)."""
+    try:
+        with nib.openers.ImageOpener(str(path)) as fobj:
+            raw = type(img.header).from_fileobj(fobj, check=False)
+        return [float(z) for z in raw["pixdim"][1:4]]
+    except Exception:
+        return [float(z) for z in img.header.get_zooms()[:3]]
+
+
+@functools.lru_cache(maxsize=1)
+def _npz_member(path: str, mtime: float, name: str) -> np.ndarray:
+    """One array of an .npz, cached so the images of one split are decompressed once per worker."""
+    with np.load(path, allow_pickle=False) as npz:
+        return np.asarray(npz[name])
+
+
+def load_npz_item(path: Path, split: str, index: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Image ``index`` of ``{split}_images`` in a MedMNIST-style .npz, with a diagonal affine
+    of ``data.npz_spacing`` mm (``data.spacing`` when 0: MedMNIST gives no voxel size)."""
+    try:
+        images = _npz_member(str(path), Path(path).stat().st_mtime, f"{split}_images")
+    except Exception as exc:
+        raise IngestError(f"unreadable npz ({type(exc).__name__}: {dicom.scrub(str(exc))})") from None
+    vol = np.asarray(images[index], dtype=np.float32)
+    if vol.ndim == 4 and vol.shape[-1] == 1:
+        vol = vol[..., 0]
+    spacing = cfg.npz_spacing or cfg.spacing
+    return vol, np.diag([spacing, spacing, spacing, 1.0])
+
+
+def load_source(src: ScanSource, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(voxels, RAS affine) of any :class:`ScanSource`."""
+    if src.kind == "nifti":
+        return load_nifti(src.path, cfg)
+    if src.kind == "dicom":
+        return dicom.load_series(list(src.members), cfg.dicom_min_slices, cfg.policy_4d, cfg.max_voxels)
+    if src.kind == "npz":
+        return load_npz_item(src.path, src.item[0], src.item[1], cfg)
+    raise IngestError(f"unknown scan kind {src.kind!r}")
+
+
+def source_sha256(src: ScanSource) -> str:
+    """Content hash of a scan: its file(s), or for an .npz item the image's bytes."""
+    h = hashlib.sha256()
+    if src.kind == "npz":
+        images = _npz_member(str(src.path), Path(src.path).stat().st_mtime, f"{src.item[0]}_images")
+        h.update(f"{src.item[0]}/{src.item[1]}".encode())
+        h.update(np.ascontiguousarray(images[src.item[1]]).tobytes())
+        return h.hexdigest()
+    files = sorted({p for p, _ in src.members}) if src.kind == "dicom" else [str(src.path)]
+    for p in files:
+        try:
+            with open(p, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError as exc:
+            raise IngestError(dicom._os_reason(exc)) from None
+    if src.kind == "dicom":
+        h.update(repr(sorted(f for _, f in src.members)).encode())
+    return h.hexdigest()
