@@ -33,23 +33,60 @@ def _cmd_demo(args) -> int:
 def _cmd_ingest(args) -> int:
     from medcl.data.ingest import ingest
 
-    cfg = load_config(args.config, args.overrides)
-    res = ingest([Path(p) for p in args.src], Path(args.out), cfg.data,
-                 labels_csv=Path(args.labels) if args.labels else None,
-                 test_fraction=args.test_fraction, progress=not args.quiet)
-    for path, reason in res.quarantined:
+    # argparse gives every positional to SRC: key=value words that are not paths are overrides
+    overrides = [s for s in args.src if "=" in s and not Path(s).exists()]
+    cfg = load_config(args.config, args.overrides + overrides)
+    try:
+        res = ingest([Path(p) for p in args.src if p not in overrides], Path(args.out), cfg.data,
+                     labels_csv=Path(args.labels) if args.labels else None,
+                     test_fraction=args.test_fraction, progress=not args.quiet, shots=max(cfg.fewshot.shots))
+    except ValueError as exc:  # an unreadable label CSV: one line, nothing written
+        print(f"medcl: {exc}", file=sys.stderr)
+        return 2
+    for path, reason in res.quarantined + res.label_issues:
         print(f"{path}: {reason}", file=sys.stderr)
     print(json.dumps(res.counts()))
+    print(f"manifest: {Path(args.out) / 'manifest.csv'}  quarantine: {Path(args.out) / 'quarantine.csv'}  "
+          f"({res.seconds:.1f} s)")
     return 0
+
+
+def _cmd_audit_phi(args) -> int:
+    from medcl.data.audit import audit, phi_values
+
+    missing = [p for p in [args.output, *args.dicom] if not Path(p).exists()]
+    if missing:
+        print(f"medcl: {missing[0]}: no such file or folder", file=sys.stderr)
+        return 2
+    needles = phi_values([Path(p) for p in args.dicom])
+    if not needles:
+        print(f"medcl: no identifying values in the DICOM headers under {', '.join(args.dicom)} "
+              f"(no DICOM files there, or already de-identified): nothing to look for", file=sys.stderr)
+    hits = audit(Path(args.output), needles)
+    for hit in hits:
+        print(hit.line())
+    fields = sorted(set(needles.values()))
+    print(f"audit-phi: {len(needles)} identifying values from {len(fields)} header fields; "
+          f"{len(hits)} hit(s) under {args.output}", file=sys.stderr)
+    return 1 if hits else 0
 
 
 def _cmd_pretrain(args) -> int:
     from pipelines.pretrain import run_pretrain
 
+    from medcl.train.checkpoint import CheckpointError
+
     cfg = load_config(args.config, args.overrides)
-    out = run_pretrain(cfg, Path(args.cohort), Path(args.out), progress=not args.quiet)
-    print(json.dumps({"run_id": out.run_id, "encoder_uri": out.encoder_uri,
-                      "final_loss": out.result.losses[-1], "steps": out.result.steps}))
+    try:
+        out = run_pretrain(cfg, Path(args.cohort), Path(args.out), progress=not args.quiet,
+                           register=not args.no_register, resume=args.resume)
+    except CheckpointError as exc:
+        print(f"medcl: {exc}", file=sys.stderr)
+        return 2
+    if os.environ.get("RANK", "0") == "0":   # under torchrun, one line from rank 0
+        print(json.dumps({"run_id": out.run_id, "encoder_uri": out.encoder_uri,
+                          "final_loss": out.result.losses[-1] if out.result.losses else None,
+                          "steps": out.result.steps}))
     return 0
 
 
@@ -59,15 +96,132 @@ def _cmd_predict(args) -> int:
     if args.tracking_uri:
         mlflow.set_tracking_uri(args.tracking_uri)
         mlflow.set_registry_uri(args.tracking_uri)
-    model = mlflow.pyfunc.load_model(args.model)
+    try:
+        model = mlflow.pyfunc.load_model(args.model)
+    except Exception as exc:  # MLflow raises many types: one line naming the URI
+        print(f"medcl: {args.model}: cannot load the model ({_one_line(exc)})", file=sys.stderr)
+        return 2
+    failed = 0
     for scan in args.scans:
         try:
             row = model.predict([scan]).iloc[0]
         except Exception as exc:  # one bad scan must not stop the others
-            print(f"{scan}: error: {exc}", file=sys.stderr)
+            print(f"{scan}: error: {_one_line(exc)}", file=sys.stderr)
+            failed += 1
             continue
         probs = {k: round(float(v), 4) for k, v in row.items() if k != "label"}
         print(json.dumps({"scan": scan, "label": row["label"], "probabilities": probs}))
+    return 1 if failed else 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[-1] if text else type(exc).__name__)[:300]
+
+
+def _use_tracking_uri(uri: str | None) -> None:
+    """``--tracking-uri``: read models from, and log runs to, that store."""
+    if uri:
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+
+
+def _cmd_fewshot(args) -> int:
+    from pipelines.fewshot import run_fewshot
+
+    overrides = list(args.overrides) + ([f"fewshot.shots=[{args.shots}]"] if args.shots else [])
+    cfg = load_config(args.config, overrides)
+    _use_tracking_uri(args.tracking_uri)
+    try:
+        summary = run_fewshot(cfg, Path(args.cohort), args.encoder, Path(args.out), args.tracking_uri)
+    except ValueError as exc:
+        print(f"medcl: {exc}", file=sys.stderr)
+        return 2
+    h = cfg.fewshot.primary_head
+    for src, by_k in summary["fewshot"].items():
+        for k, r in by_k.items():
+            print(f"{src:<12} K={k:>2}  balanced accuracy {r['balanced_accuracy']:.3f} "
+                  f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]  ({h if src != 'scratch' else 'own head'})")
+    print(f"report: {summary['report']['html']}" + (f"  pdf: {summary['report']['pdf']}" if summary['report']['pdf'] else ""))
+    print(f"summary: {Path(args.out) / 'summary.json'}  run: {summary['mlflow']['fewshot_run_id']}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    import tempfile
+
+    from pipelines.fewshot import write_report
+    from medcl.report import load_report_data
+
+    src = Path(args.source)
+    try:
+        if src.exists():
+            folder = src / "report_data" if (src / "report_data").is_dir() else src
+            data = load_report_data(folder)
+            out = Path(args.out) if args.out else (src if src.is_dir() else src.parent)
+        else:
+            import mlflow
+
+            if args.tracking_uri:
+                mlflow.set_tracking_uri(args.tracking_uri)
+            tmp = Path(tempfile.mkdtemp(prefix="medcl-report-"))
+            try:
+                folder = Path(mlflow.artifacts.download_artifacts(run_id=args.source, artifact_path="report_data",
+                                                                  dst_path=str(tmp)))
+            except Exception as exc:
+                print(f"medcl: {args.source}: not a report folder, and no run with report_data artifacts "
+                      f"({_one_line(exc)})", file=sys.stderr)
+                return 2
+            data = load_report_data(folder)
+            out = Path(args.out) if args.out else Path(f"report-{args.source}")
+    except ValueError as exc:
+        print(f"medcl: {exc}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    paths = write_report(data, out, pdf=not args.no_pdf)
+    print(f"report: {paths['html']}" + (f"  pdf: {paths['pdf']}" if paths["pdf"] else ""))
+    return 0
+
+
+def _cmd_suggest_labels(args) -> int:
+    import csv
+
+    from pipelines.fewshot import suggest_labels
+
+    try:
+        rows = suggest_labels(Path(args.cohort), args.encoder, args.k, args.method, args.seed, args.all,
+                              args.tracking_uri)
+    except ValueError as exc:
+        print(f"medcl: {exc}", file=sys.stderr)
+        return 2
+    writer = csv.DictWriter(sys.stdout, fieldnames=["rank", "scan_key", "subject_key"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    if args.out:
+        with open(args.out, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["rank", "scan_key", "subject_key"])
+            w.writeheader()
+            w.writerows(rows)
+    return 0
+
+
+def _cmd_promote(args) -> int:
+    import mlflow
+
+    from medcl.tracking.registry import promote
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        print("medcl promote: set --tracking-uri or MLFLOW_TRACKING_URI (the registry to change)", file=sys.stderr)
+        return 2
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        changes = promote(args.model, args.version, args.alias)
+    except mlflow.exceptions.MlflowException as exc:
+        print(f"medcl promote: {args.model} version {args.version}: {exc.message}", file=sys.stderr)
+        return 1
+    for alias, (old, new) in changes.items():
+        print(f"{args.model}@{alias}: version {old or '-'} -> {new or '-'}")
     return 0
 
 
@@ -86,26 +240,71 @@ def build_parser() -> argparse.ArgumentParser:
     common(d)
     d.set_defaults(fn=_cmd_demo)
 
-    i = sub.add_parser("ingest", help="NIfTI files or folders -> cohort cache (manifest.csv, quarantine.csv)")
+    i = sub.add_parser("ingest", help="DICOM, NIfTI, BIDS or MedMNIST .npz files or folders -> cohort cache (manifest.csv, quarantine.csv)")
     i.add_argument("src", nargs="+", help="files or folders to ingest")
     i.add_argument("--out", required=True, help="cohort folder")
-    i.add_argument("--labels", help="CSV with columns subject,label")
+    i.add_argument("--labels", help="CSV with columns subject,label (or scan,label)")
     i.add_argument("--test-fraction", type=float, default=0.0, help="fraction of labelled subjects held out as the test split")
     common(i)
     i.set_defaults(fn=_cmd_ingest)
 
+    a = sub.add_parser("audit-phi", help="look for the identifying values of source DICOM headers in an output tree; exit 1 on any hit")
+    a.add_argument("output", help="output folder to scan (cohort, run folder, MLflow store ...)")
+    a.add_argument("--dicom", action="append", required=True, help="DICOM file or folder whose headers give the values (repeatable)")
+    a.set_defaults(fn=_cmd_audit_phi)
+
     t = sub.add_parser("pretrain", help="contrastive pretraining on a cohort, logged to MLflow")
     t.add_argument("--cohort", required=True, help="cohort folder made by 'medcl ingest'")
     t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from OUT/pretrain/checkpoints/last.pt and its MLflow run (same config)")
+    t.add_argument("--no-register", action="store_true", help="log the run but do not register the encoder")
     common(t)
     t.set_defaults(fn=_cmd_pretrain)
 
-    r = sub.add_parser("predict", help="class probabilities for NIfTI scans from a registered model")
+    r = sub.add_parser("predict", help="class probabilities for NIfTI scans or DICOM folders from a registered model")
     r.add_argument("--model", required=True, help="model URI, e.g. models:/medcl-fewshot@champion")
     r.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI)")
-    r.add_argument("scans", nargs="+", help="NIfTI files")
+    r.add_argument("scans", nargs="+", help="NIfTI files or DICOM folders (one series each)")
     common(r, config=False)
     r.set_defaults(fn=_cmd_predict)
+
+    fs = sub.add_parser("fewshot", help="few-shot evaluation of an encoder on a labelled cohort: every head and baseline, "
+                                         "report.html/.pdf, summary.json, an MLflow run")
+    fs.add_argument("--encoder", required=True, help="encoder model URI, e.g. models:/medcl-encoder@champion")
+    fs.add_argument("--cohort", required=True, help="cohort folder made by 'medcl ingest --labels'")
+    fs.add_argument("--shots", help="K values, e.g. 1,5,10 (default: fewshot.shots)")
+    fs.add_argument("--out", required=True, help="output folder")
+    fs.add_argument("--tracking-uri", help="MLflow URI the encoder is read from and the run logged to")
+    common(fs)
+    fs.set_defaults(fn=_cmd_fewshot)
+
+    rp = sub.add_parser("report", help="render report.html (and .pdf) again from a few-shot output folder or MLflow run id")
+    rp.add_argument("source", metavar="RUN_ID_OR_DIR", help="output folder of 'medcl fewshot'/'medcl demo', or a run id")
+    rp.add_argument("--out", help="where to write (default: the folder itself, or ./report-RUN_ID)")
+    rp.add_argument("--tracking-uri", help="MLflow URI of the run (default: MLFLOW_TRACKING_URI)")
+    rp.add_argument("--no-pdf", action="store_true", help="HTML only")
+    rp.set_defaults(fn=_cmd_report)
+
+    sl = sub.add_parser("suggest-labels", help="the scans to label first (k-medoids or k-center in embedding space), "
+                                               "one per subject, as CSV: rank,scan_key,subject_key")
+    sl.add_argument("--cohort", required=True, help="cohort folder (unlabelled scans are the pool; all if none)")
+    sl.add_argument("--encoder", required=True, help="encoder model URI, e.g. models:/medcl-encoder@champion")
+    sl.add_argument("--k", type=int, required=True,
+                    help="how many scans to suggest (the labelling budget: K shots x number of classes)")
+    sl.add_argument("--method", choices=["kmedoids", "kcenter"], default="kmedoids")
+    sl.add_argument("--all", action="store_true", help="choose among labelled scans too")
+    sl.add_argument("--seed", type=int, default=0)
+    sl.add_argument("--out", help="also write the list to this CSV file")
+    sl.add_argument("--tracking-uri", help="MLflow URI the encoder is read from")
+    sl.set_defaults(fn=_cmd_suggest_labels)
+
+    m = sub.add_parser("promote", help="point an alias (champion, challenger) of a registered model at a version")
+    m.add_argument("model", help="registered model name, e.g. medcl-fewshot")
+    m.add_argument("version", help="model version number")
+    m.add_argument("--alias", default="champion", help="alias to set (default: champion)")
+    m.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI)")
+    m.set_defaults(fn=_cmd_promote)
     return p
 
 

@@ -27,14 +27,25 @@ class DataConfig:
     crop_margin: int = 2             # voxels kept around the foreground box
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     max_voxels: int = 64_000_000     # refuse volumes larger than this (memory guard)
+    policy_4d: str = "quarantine"    # a 4D image (several volumes): quarantine | first | mean
+    workers: int = 0                 # ingest worker processes; 0 = one per CPU core, 1 = in-process
+    # DICOM series selection (docs/data.md): a series is ingested when every rule passes
+    dicom_modalities: tuple[str, ...] = ("MR",)  # (0008,0060) Modality; empty = any
+    dicom_include: str = ""          # regex on SeriesDescription (case-insensitive); "" = all, e.g. "t1|mprage"
+    dicom_exclude: str = "localizer|scout|survey|3.?plane"  # regex on SeriesDescription; "" = none
+    dicom_skip_image_types: tuple[str, ...] = ("LOCALIZER", "DERIVED")  # (0008,0008) values that skip a series
+    dicom_min_slices: int = 3        # fewer slices than this is a 2D image, not a volume
+    npz_spacing: float = 0.0         # voxel size (mm) of MedMNIST-style .npz volumes; 0 = data.spacing
+    bids_suffixes: tuple[str, ...] = ("T1w",)   # BIDS anat suffixes ingested (sub-*/[ses-*/]anat/*_T1w.nii.gz)
+    bids_label_column: str = "diagnosis"  # participants.tsv column that holds the label
 
 
 @dataclass
 class AugmentConfig:
     view_size: int = 48              # each view is resampled to view_size^3 voxels
-    crop_scale: tuple[float, float] = (0.6, 1.0)  # crop edge / foreground-box edge, per axis
+    crop_scale: tuple[float, float] = (0.75, 1.0)  # crop edge / foreground-box edge, one scale for all axes
     min_foreground: float = 0.35     # fraction of a view that must be foreground (tissue)
-    min_overlap: float = 0.3         # IoU of the two crops, at least
+    min_overlap: float = 0.5         # IoU of the two crops, at least
     rotate_deg: float = 10.0
     scale: float = 0.08
     flip_lr: bool = True             # left-right flip; brains are roughly symmetric
@@ -45,40 +56,95 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.0, 1.0)
     blur_prob: float = 0.3
     max_tries: int = 50              # rejection sampling budget for crop constraints
+    # optional (0 = off: then nothing is drawn for them and the views are as without the keys)
+    shear: float = 0.0               # each of the 6 MONAI shear coefficients in [-shear, shear]
+    gibbs_prob: float = 0.0          # probability of Gibbs ringing (k-space truncation) per view
+    gibbs_alpha: tuple[float, float] = (0.3, 0.6)  # MONAI GibbsNoise alpha range (0 = none, 1 = all cut)
+    spike_prob: float = 0.0          # probability of a k-space spike (herringbone stripes) per view
+    spike_amplitude: tuple[float, float] = (0.01, 0.05)  # stripe amplitude, fraction of the [0, 1] range
+    # how views are made (docs/performance.md): monai = per-sample MONAI transforms in DataLoader
+    # workers; batched = the same parameters applied to the whole batch with torch ops on the
+    # training device (medcl.augment.batched), from a cohort cache held once (medcl.train.data)
+    backend: str = "batched"         # batched | monai
+    cache: str = "auto"              # batched backend: auto | device | pinned | host | stream
 
 
 @dataclass
 class ModelConfig:
     arch: str = "resnet10"           # resnet10 | resnet18 | resnet34 | resnet50
     conv1_t_stride: int = 2
+    widen_factor: float = 1.0        # MONAI ResNet channel multiplier (0.5 halves every stage)
     proj_hidden: int = 512
     proj_dim: int = 128
 
 
 @dataclass
 class TrainConfig:
-    method: str = "simclr"
+    method: str = "simclr"           # simclr | moco | byol | barlow_twins | vicreg | supcon | triplet | margin | npair
     epochs: int = 30
-    batch_size: int = 16             # pairs per step
-    lr: float = 1e-3
+    batch_size: int = 16             # pairs per step over all processes (global); split evenly across DDP ranks
+    lr: float = 1e-3                 # at lr_reference_batch pairs when lr_scaling is linear or sqrt
     weight_decay: float = 1e-4
-    warmup_epochs: float = 2.0
-    temperature: float = 0.2
+    warmup_epochs: float = 2.0       # linear warmup, then cosine decay to 0 (per step)
+    optimizer: str = "adamw"         # adamw | sgd | lars (lars: biases and norm weights excluded from adaptation and decay)
+    momentum: float = 0.9            # sgd and lars momentum
+    lars_eta: float = 0.001          # lars trust coefficient
+    lr_scaling: str = "none"         # none | linear | sqrt: lr * (batch_size / lr_reference_batch) [** 0.5]
+    lr_reference_batch: int = 256
+    temperature: float = 0.2         # simclr, moco, supcon
+    learn_temperature: bool = False  # temperature as a trained parameter (log-parametrised, >= 0.01)
+    # method-specific (medcl/ssl/<method>.py reads only its own)
+    ema_momentum: float = 0.99       # moco, byol: momentum encoder EMA at step 0, cosine schedule to ...
+    ema_momentum_end: float = 1.0    # ... this at the last step
+    queue_size: int = 4096           # moco: keys of earlier batches kept as negatives (0 = in-batch only)
+    barlow_lambda: float = 5e-3      # barlow_twins: weight of the off-diagonal terms
+    vicreg_weights: tuple[float, float, float] = (25.0, 25.0, 1.0)  # vicreg: invariance, variance, covariance
+    margin: float = 0.2              # triplet margin
+    pos_margin: float = 0.0          # margin (contrastive margin on pairs): positives pulled within this distance
+    neg_margin: float = 1.0          # ... negatives pushed beyond this one
+    npair_l2_reg: float = 0.002      # npair: L2 penalty on the (unnormalised) embeddings
     num_workers: int = 1
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda
     threads: int = 0                 # torch CPU threads; 0 = torch's default
+    precision: str = "auto"          # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (CUDA, gradient scaler) | fp64 (numerical checks)
+    sync_bn: bool = False            # DDP: batch-norm statistics over every process's samples
+    ddp_backend: str = "auto"        # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     checkpoint_every_epoch: bool = True
+    checkpoint_every_steps: int = 0  # also every N optimiser steps; 0 = off
+    # training health (MLflow metrics health/*): alignment, uniformity, std of normalised embeddings
+    collapse_threshold: float = 0.1  # warn when std * sqrt(dim) of normalised embeddings falls below this
+    knn_every_epochs: int = 0        # online kNN balanced accuracy on the labelled scans; 0 = off
+    knn_k: int = 10
 
 
 @dataclass
 class FewShotConfig:
+    # docs/fewshot.md: every head and baseline is scored on the same episodes (one seed per K)
     shots: tuple[int, ...] = (1, 5, 10)
-    n_query: int = 5
-    n_episodes: int = 600
-    heads: tuple[str, ...] = ("prototype", "logreg")
+    n_query: int = 5                 # query subjects per class and episode
+    n_episodes: int = 1000           # episodes per K for the vectorised heads (prototype*, knn)
+    heads: tuple[str, ...] = ("prototype", "prototype_euclidean", "logreg", "knn")
     primary_head: str = "prototype"  # the head whose numbers lead the report and summary
     seed: int = 0
+    logreg_episodes: int = 30        # the first N of those episodes for logreg (C chosen by LOSO: costly)
+    logreg_Cs: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)  # grid for the leave-one-subject-out choice of C
+    logreg_C: float = 1.0            # C when K = 1 (LOSO would leave a class empty)
+    knn_k: int = 3                   # neighbours (at most K)
+    baselines: tuple[str, ...] = ("raw_voxels", "scratch")  # beside the random-init encoder (always)
+    pca_components: int = 64        # raw-voxel baseline: PCA components (at most pretraining scans - 1)
+    scratch_episodes: int = 20       # from-scratch 3D ResNet: the first N episodes per K (one training each)
+    scratch_steps: int = 20          # its optimiser steps per episode (full support batch)
+    scratch_view_size: int = 24      # its input: the evaluation view downsampled to this size
+    scratch_widen: float = 0.125     # its MONAI ResNet-10 widen factor
+    scratch_lr: float = 0.003
+    probe: bool = True               # the ceiling: linear probe on all labels (cross-validated over subjects)
+    probe_folds: int = 5
+    n_boot: int = 1000               # subject-bootstrap replicates for every 95% CI
+    budget_method: str = "kmedoids"  # label-budget advice checked in the report: kmedoids | kcenter | none
+    budget_random: int = 200         # random supports it is compared with, per K
+    embedding_map: str = "tsne"      # report's map of the embeddings: tsne | none
+    pdf: bool = True                 # print report.pdf with headless Chromium (skipped with a warning if absent)
 
 
 @dataclass
@@ -170,27 +236,104 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
 
 
+def _regex_ok(pattern: str) -> bool:
+    import re
+
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
+
+
+def _method_names() -> tuple[str, ...]:
+    from medcl.ssl import METHODS  # the registry table (imports no method until one is built)
+
+    return tuple(METHODS)
+
+
 def _validate(cfg: Config) -> None:
     checks = [
         (cfg.data.spacing > 0, "data.spacing", "must be > 0"),
         (0 < cfg.data.foreground_threshold < 1, "data.foreground_threshold", "must be in (0, 1)"),
+        (cfg.data.policy_4d in ("quarantine", "first", "mean"), "data.policy_4d", "must be quarantine, first or mean"),
+        (cfg.data.workers >= 0, "data.workers", "must be >= 0 (0 = one per CPU core)"),
+        (cfg.data.dicom_min_slices >= 2, "data.dicom_min_slices", "must be >= 2"),
+        (cfg.data.npz_spacing >= 0, "data.npz_spacing", "must be >= 0"),
+        (_regex_ok(cfg.data.dicom_include), "data.dicom_include", "must be a valid regular expression"),
+        (_regex_ok(cfg.data.dicom_exclude), "data.dicom_exclude", "must be a valid regular expression"),
         (cfg.augment.view_size >= 16, "augment.view_size", "must be >= 16"),
         (0 < cfg.augment.crop_scale[0] <= cfg.augment.crop_scale[1] <= 1, "augment.crop_scale",
          "must satisfy 0 < low <= high <= 1"),
         (0 <= cfg.augment.min_foreground < 1, "augment.min_foreground", "must be in [0, 1)"),
         (0 <= cfg.augment.min_overlap < 1, "augment.min_overlap", "must be in [0, 1)"),
+        (cfg.augment.shear >= 0, "augment.shear", "must be >= 0"),
+        (0 <= cfg.augment.gibbs_prob <= 1, "augment.gibbs_prob", "must be in [0, 1]"),
+        (0 <= cfg.augment.gibbs_alpha[0] <= cfg.augment.gibbs_alpha[1] < 1, "augment.gibbs_alpha",
+         "must satisfy 0 <= low <= high < 1"),
+        (0 <= cfg.augment.spike_prob <= 1, "augment.spike_prob", "must be in [0, 1]"),
+        (0 < cfg.augment.spike_amplitude[0] <= cfg.augment.spike_amplitude[1], "augment.spike_amplitude",
+         "must satisfy 0 < low <= high"),
+        (cfg.augment.backend in ("batched", "monai"), "augment.backend", "must be batched or monai"),
+        (cfg.augment.cache in ("auto", "device", "pinned", "host", "stream"), "augment.cache",
+         "must be auto, device, pinned, host or stream"),
         (cfg.model.arch in ("resnet10", "resnet18", "resnet34", "resnet50"), "model.arch",
          "must be one of resnet10, resnet18, resnet34, resnet50"),
         (cfg.model.conv1_t_stride in (1, 2), "model.conv1_t_stride", "must be 1 or 2"),
+        (cfg.model.widen_factor > 0, "model.widen_factor", "must be > 0"),
         (cfg.train.epochs >= 1, "train.epochs", "must be >= 1"),
         (cfg.train.batch_size >= 2, "train.batch_size", "must be >= 2 (contrastive losses need negatives)"),
         (cfg.train.lr > 0, "train.lr", "must be > 0"),
         (cfg.train.temperature > 0, "train.temperature", "must be > 0"),
+        (cfg.train.method in _method_names(), "train.method", f"must be one of {', '.join(_method_names())}"),
+        (cfg.train.optimizer in ("adamw", "sgd", "lars"), "train.optimizer", "must be adamw, sgd or lars"),
+        (0 <= cfg.train.momentum < 1, "train.momentum", "must be in [0, 1)"),
+        (cfg.train.lars_eta > 0, "train.lars_eta", "must be > 0"),
+        (cfg.train.lr_scaling in ("none", "linear", "sqrt"), "train.lr_scaling", "must be none, linear or sqrt"),
+        (cfg.train.lr_reference_batch >= 1, "train.lr_reference_batch", "must be >= 1"),
+        (cfg.train.weight_decay >= 0, "train.weight_decay", "must be >= 0"),
+        (cfg.train.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0"),
+        (0 <= cfg.train.ema_momentum <= cfg.train.ema_momentum_end <= 1, "train.ema_momentum",
+         "must satisfy 0 <= ema_momentum <= ema_momentum_end <= 1"),
+        (cfg.train.queue_size >= 0, "train.queue_size", "must be >= 0"),
+        (cfg.train.barlow_lambda >= 0, "train.barlow_lambda", "must be >= 0"),
+        (all(w >= 0 for w in cfg.train.vicreg_weights), "train.vicreg_weights", "must all be >= 0"),
+        (cfg.train.margin >= 0, "train.margin", "must be >= 0"),
+        (0 <= cfg.train.pos_margin < cfg.train.neg_margin, "train.pos_margin", "must satisfy 0 <= pos_margin < neg_margin"),
+        (cfg.train.npair_l2_reg >= 0, "train.npair_l2_reg", "must be >= 0"),
+        (cfg.train.precision in ("auto", "fp32", "bf16", "fp16", "fp64"), "train.precision",
+         "must be auto, fp32, bf16, fp16 or fp64"),
+        (cfg.train.ddp_backend in ("auto", "nccl", "gloo"), "train.ddp_backend", "must be auto, nccl or gloo"),
+        (cfg.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", "must be >= 0 (0 = off)"),
+        (cfg.train.collapse_threshold >= 0, "train.collapse_threshold", "must be >= 0"),
+        (cfg.train.knn_every_epochs >= 0, "train.knn_every_epochs", "must be >= 0 (0 = off)"),
+        (cfg.train.knn_k >= 1, "train.knn_k", "must be >= 1"),
         (cfg.train.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda"),
         (all(k >= 1 for k in cfg.fewshot.shots), "fewshot.shots", "must all be >= 1"),
         (cfg.fewshot.n_query >= 1, "fewshot.n_query", "must be >= 1"),
         (cfg.fewshot.n_episodes >= 1, "fewshot.n_episodes", "must be >= 1"),
         (cfg.fewshot.primary_head in cfg.fewshot.heads, "fewshot.primary_head", "must be one of fewshot.heads"),
+        (set(cfg.fewshot.heads) <= {"prototype", "prototype_euclidean", "logreg", "knn"}, "fewshot.heads",
+         "must be among prototype, prototype_euclidean, logreg, knn"),
+        (set(cfg.fewshot.baselines) <= {"raw_voxels", "scratch"}, "fewshot.baselines",
+         "must be among raw_voxels, scratch"),
+        (cfg.fewshot.logreg_episodes >= 1, "fewshot.logreg_episodes", "must be >= 1"),
+        (len(cfg.fewshot.logreg_Cs) >= 1 and all(c > 0 for c in cfg.fewshot.logreg_Cs), "fewshot.logreg_Cs",
+         "must be one or more numbers > 0"),
+        (cfg.fewshot.logreg_C > 0, "fewshot.logreg_C", "must be > 0"),
+        (cfg.fewshot.knn_k >= 1, "fewshot.knn_k", "must be >= 1"),
+        (cfg.fewshot.pca_components >= 1, "fewshot.pca_components", "must be >= 1"),
+        (cfg.fewshot.scratch_episodes >= 1, "fewshot.scratch_episodes", "must be >= 1"),
+        (cfg.fewshot.scratch_steps >= 1, "fewshot.scratch_steps", "must be >= 1"),
+        (cfg.fewshot.scratch_view_size >= 16, "fewshot.scratch_view_size", "must be >= 16"),
+        (cfg.fewshot.scratch_widen > 0, "fewshot.scratch_widen", "must be > 0"),
+        (cfg.fewshot.scratch_lr > 0, "fewshot.scratch_lr", "must be > 0"),
+        (cfg.fewshot.probe_folds >= 2, "fewshot.probe_folds", "must be >= 2"),
+        (cfg.fewshot.n_boot >= 0, "fewshot.n_boot", "must be >= 0 (0 = no bootstrap intervals)"),
+        (cfg.fewshot.budget_method in ("kmedoids", "kcenter", "none"), "fewshot.budget_method",
+         "must be kmedoids, kcenter or none"),
+        (cfg.fewshot.budget_random >= 1, "fewshot.budget_random", "must be >= 1"),
+        (cfg.fewshot.embedding_map in ("tsne", "none"), "fewshot.embedding_map", "must be tsne or none"),
         (cfg.demo.n_subjects >= 6, "demo.n_subjects", "must be >= 6"),
     ]
     for ok, key, why in checks:

@@ -7,7 +7,6 @@ import json
 import time
 from pathlib import Path
 
-import mlflow
 import numpy as np
 
 from medcl import tracking
@@ -17,10 +16,11 @@ from medcl.data.cohort import Cohort
 from medcl.data.demo import make_demo_sources
 from medcl.data.ingest import ingest
 from medcl.models import build_encoder
-from medcl.report import DEMO_BANNER, MontageSample, ReportData, render_report
+from medcl.report import DEMO_BANNER, MontageSample
 from medcl.tracking.inference import load_encoder
-from medcl.tracking.registry import log_fewshot, set_alias
-from pipelines.fewshot import evaluate_encoders, fit_deployable_head, save_features
+from medcl.tracking.registry import alias_new_version, log_fewshot
+from pipelines.fewshot import (_card, build_report_data, evaluate_encoders, fit_deployable_head, log_to_mlflow,
+                               save_features, summary_block, write_report)
 from pipelines.pretrain import encoder_meta, run_pretrain
 
 DEPLOY_SHOTS = 5
@@ -57,59 +57,77 @@ def run_demo(cfg: Config, out: Path, progress: bool = True) -> dict:
 
     meta = encoder_meta(cfg)
     pretrained = load_encoder(pre.result.encoder_path, meta)
-    random_init = build_encoder(cfg.model.arch, cfg.model.conv1_t_stride, seed=cfg.train.seed).eval()
+    random_init = build_encoder(cfg.model.arch, cfg.model.conv1_t_stride, cfg.model.widen_factor, seed=cfg.train.seed).eval()
     fs = evaluate_encoders(cfg, cohort, {"pretrained": pretrained, "random_init": random_init})
     save_features(fs, out / "features.npz")
     timings["fewshot"] = time.perf_counter() - t0 - sum(timings.values())
 
     tracking.setup(out, f"{cfg.tracking.experiment}-fewshot")
-    with mlflow.start_run(run_name="fewshot-demo") as run:
-        mlflow.set_tags({"medcl.stage": "fewshot", "medcl.pretrain_run_id": pre.run_id,
-                         "medcl.encoder_uri": pre.encoder_uri or "", "medcl.data": "simulated pathology on real anatomy"})
-        mlflow.log_dict(config_to_dict(cfg), "config.yaml")
-        for enc, heads in fs.results.items():
-            for head, shots in heads.items():
-                for k, r in shots.items():
-                    tracking.log_metrics({f"{enc}.{head}.balanced_accuracy": r["balanced_accuracy"],
-                                          f"{enc}.{head}.ci95_lo": r["ci95"][0],
-                                          f"{enc}.{head}.ci95_hi": r["ci95"][1]}, int(k))
+    lineage = {"medcl.pretrain_run_id": pre.run_id or "", "medcl.encoder_uri": pre.encoder_uri or "",
+               "medcl.encoder_version": (pre.encoder_uri or "").rsplit("/", 1)[-1]}
+    with tracking.start_run("fewshot-demo", tags={"medcl.stage": "fewshot", **lineage,
+                                                  "medcl.data": "simulated pathology on real anatomy"}) as run:
+        tracking.log_dict(config_to_dict(cfg), "config.yaml")
+        log_to_mlflow(cfg, fs)   # every source, head, baseline and K (step K), paired differences, label budget
+        tracking.log_fewshot_evaluation({src: {cfg.fewshot.primary_head: heads[cfg.fewshot.primary_head]}
+                                         for src, heads in fs.results.items() if cfg.fewshot.primary_head in heads},
+                                        {"n_query": cfg.fewshot.n_query, "seed": cfg.fewshot.seed})
         head, support_keys = fit_deployable_head(cfg, pretrained, cohort, DEPLOY_SHOTS)
-        info = log_fewshot(pretrained, head, meta, cfg.tracking.fewshot_model_name)
-        set_alias(cfg.tracking.fewshot_model_name, info.registered_model_version, cfg.tracking.alias)
-        mlflow.log_dict({"support_scan_keys": support_keys, "shots_per_class": DEPLOY_SHOTS}, "deployable_support.json")
-        report = render_report(ReportData(
-            title="medcl few-shot diagnosis evaluation (demo)",
-            cohort={"all": cohort.counts(), "evaluated (test split)": fs.cohort.counts(), "ingest": res.counts()},
-            config=config_to_dict(cfg), curves=fs.results, primary_head=cfg.fewshot.primary_head,
-            confusion_shot="5" if "5" in fs.results["pretrained"][cfg.fewshot.primary_head] else
-            next(iter(fs.results["pretrained"][cfg.fewshot.primary_head]), "1"),
-            losses=pre.result.losses, montage=montage_samples(cohort, cfg), banner=DEMO_BANNER,
+        primary = fs.results["pretrained"][cfg.fewshot.primary_head]
+        info = log_fewshot(pretrained, head, meta, cfg.tracking.fewshot_model_name, run=run,
+                           version_tags={**lineage, "medcl.fewshot_run_id": run.run_id},
+                           card_info={"training_data": f"Demo data: simulated pathology on real anatomy (MNI ICBM152), "
+                                      f"not patients. Head fitted on {DEPLOY_SHOTS} train-split scans per class.",
+                                      "metrics": {f"balanced accuracy, {k}-shot episodes ({cfg.fewshot.primary_head})":
+                                                  f"{r['balanced_accuracy']:.3f} [95% CI {r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
+                                                  for k, r in primary.items()},
+                                      "lineage": {"pretraining run": pre.run_id, "encoder": pre.encoder_uri,
+                                                  "few-shot run": run.run_id},
+                                      "limitations": ["Trained and evaluated on simulated pathology: says nothing "
+                                                      "about real diagnosis."]})
+        alias = None
+        if info is not None:
+            alias = alias_new_version(cfg.tracking.fewshot_model_name, info.registered_model_version, cfg.tracking.alias)
+        alias = alias or cfg.tracking.alias
+        tracking.log_dict({"support_scan_keys": support_keys, "shots_per_class": DEPLOY_SHOTS}, "deployable_support.json")
+        t_report = time.perf_counter()
+        data = build_report_data(
+            cfg, fs, "medcl few-shot diagnosis evaluation (demo)",
+            {"all": cohort.counts(), "evaluated (test split)": fs.cohort.counts(), "ingest": res.counts()},
+            banner=DEMO_BANNER, losses=pre.result.losses, montage=montage_samples(cohort, cfg),
+            model_card=_card(cfg, fs, pre.encoder_uri or "the pretrained encoder", demo=True, deploy_shots=DEPLOY_SHOTS),
             notes=[f"The encoder was pretrained on the {len(cohort.select(split='train'))} scans of the train split "
                    f"without their labels; episodes draw only from the {len(fs.cohort)} scans of the test split.",
-                   "95% CIs are mean ± 1.96 standard errors over episodes; episodes reuse the same scans, so "
-                   "they understate the uncertainty due to the finite cohort.",
-                   f"The registered model '{cfg.tracking.fewshot_model_name}@{cfg.tracking.alias}' is the "
-                   f"{cfg.fewshot.primary_head} head fitted on {DEPLOY_SHOTS} train-split scans per class."]),
-            out / "report.html")
-        mlflow.log_artifact(str(report))
-        fewshot_run = run.info.run_id
-    timings["register_report"] = time.perf_counter() - t0 - sum(timings.values())
+                   f"The registered model '{cfg.tracking.fewshot_model_name}@{alias}' is the "
+                   f"{cfg.fewshot.primary_head} head fitted on {DEPLOY_SHOTS} train-split scans per class.",
+                   "Few-shot stage timings (s): " + ", ".join(f"{k} {v}" for k, v in fs.timings.items())])
+        paths = write_report(data, out, cfg.fewshot.pdf)
+        timings["report"] = time.perf_counter() - t_report
+        for key in ("html", "pdf"):
+            if paths[key] is not None:
+                tracking.log_artifact(paths[key])
+        tracking.log_artifact(paths["data"] / "report_data.json", "report_data")
+        tracking.log_artifact(paths["data"] / "report_arrays.npz", "report_data")
+    fewshot_run = run.run_id
+    timings["register"] = time.perf_counter() - t0 - sum(timings.values())
 
     summary = {
         "data": "simulated pathology on real anatomy",
         "cohort": cohort.counts(),
         "ingest": res.counts(),
-        "fewshot": {enc: {k: {"balanced_accuracy": r["balanced_accuracy"], "ci95": r["ci95"],
-                              "accuracy": r["accuracy"], "accuracy_ci95": r["accuracy_ci95"]}
-                          for k, r in heads[cfg.fewshot.primary_head].items()}
-                    for enc, heads in fs.results.items()},
+        "fewshot": summary_block(cfg, fs),
         "fewshot_all_heads": fs.results,
+        "fewshot_ceiling": fs.ceiling,
+        "fewshot_paired": fs.paired,
+        "label_budget": fs.budget,
+        "report": {"html": str(paths["html"]), "pdf": str(paths["pdf"]) if paths["pdf"] else None},
         "pretrain": {"steps": pre.result.steps, "seconds": round(pre.result.seconds, 1),
                      "final_loss": pre.result.losses[-1]},
         "mlflow": {"tracking_uri": tracking.tracking_uri_for(out), "pretrain_run_id": pre.run_id,
                    "fewshot_run_id": fewshot_run, "encoder_model_uri": pre.encoder_uri,
-                   "fewshot_model_uri": f"models:/{cfg.tracking.fewshot_model_name}@{cfg.tracking.alias}"},
+                   "fewshot_model_uri": f"models:/{cfg.tracking.fewshot_model_name}@{alias}"},
         "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
+        "fewshot_timings_seconds": fs.timings,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -1,19 +1,28 @@
 """End to end on a tiny cohort: simulate -> ingest -> SimCLR -> few-shot -> registry -> report,
-then a fresh Python process loads the registered model by alias and predicts a NIfTI file."""
+then a fresh Python process loads the registered model by alias and predicts a NIfTI file; the
+demo's report passes the browser check; ``medcl fewshot``, ``report``, ``suggest-labels`` and
+``predict`` (NIfTI file and DICOM folder) run on the demo's outputs."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+from medcl.cli import main
 from medcl.config import load_config
+from medcl.report.browser import browser_check, find_browser
 from pipelines.demo import run_demo
 
 TINY = ["demo.n_subjects=18", "data.spacing=6.0", "augment.view_size=16", "model.widen_factor=0.25",
         "train.epochs=2", "train.batch_size=4", "train.num_workers=0", "fewshot.shots=1,2",
-        "fewshot.n_episodes=20", "fewshot.n_query=1"]
+        "fewshot.n_episodes=20", "fewshot.n_query=1", "fewshot.logreg_episodes=10", "fewshot.n_boot=200",
+        "fewshot.scratch_episodes=3", "fewshot.scratch_steps=5", "fewshot.budget_random=20"]
+SECTIONS = ["summary", "cohort", "method", "curves", "metrics", "confusion", "roc", "reliability", "embeddings",
+            "montage", "sensitivity", "budget", "training", "model-card", "notes", "config"]
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +51,36 @@ def test_report_is_self_contained_and_says_simulated(demo_out):
     out, _ = demo_out
     html = (out / "report.html").read_text()
     assert "simulated pathology on real anatomy" in html
-    assert html.count("src='data:image/png;base64,") >= 4  # curves x2 heads, confusion, loss, montage
+    assert html.count("src='data:image/png;base64,") == 11  # 5 metric curves, confusion, ROC, reliability, map, montage, loss
     assert "http://" not in html and "https://" not in html
-    for section in ("summary", "confusion", "cohort", "training", "montage", "config"):
-        assert f"id='{section}'" in html
+    assert re.findall(r"<section id='([^']+)'>", html) == SECTIONS
+    for source in ("pretrained encoder", "random-init encoder", "raw voxels (PCA)", "3D ResNet from scratch",
+                   "linear probe on all labels"):
+        assert source in html
+    assert (out / "report_data" / "report_data.json").exists()
+
+
+@pytest.mark.skipif(find_browser() is None and os.environ.get("MEDCL_REQUIRE_BROWSER") != "1",
+                    reason="no Chromium (apt-get install chromium); CI installs it and requires it")
+def test_demo_report_passes_the_browser_check_and_has_its_pdf(demo_out):
+    out, summary = demo_out
+    check = browser_check(out / "report.html")
+    assert [s["id"] for s in check["sections"]] == SECTIONS
+    assert check["broken"] == [] and check["empty_sections"] == [] and len(check["images"]) == 11
+    assert summary["report"]["pdf"] and (out / "report.pdf").read_bytes().startswith(b"%PDF-")
+
+
+def test_summary_keeps_every_head_baseline_and_the_paired_differences(demo_out):
+    _, summary = demo_out
+    assert set(summary["fewshot_all_heads"]) == {"pretrained", "random_init", "raw_voxels"}
+    assert set(summary["fewshot_all_heads"]["pretrained"]) == {"prototype", "prototype_euclidean", "logreg", "knn"}
+    assert set(summary["fewshot"]["scratch"]) == {"1", "2"} and summary["fewshot"]["scratch"]["1"]["n_episodes"] == 3
+    r = summary["fewshot_all_heads"]["pretrained"]["logreg"]["2"]
+    assert r["n_episodes"] == 10 and set(r["sensitivity"]) == {"atrophy", "healthy", "lesion"}
+    assert {(p["b"], p["shots"]) for p in summary["fewshot_paired"]} == {
+        (b, k) for b in ("random_init", "raw_voxels", "scratch") for k in ("1", "2")}
+    assert set(summary["label_budget"]) == {"1", "2"} and set(summary["fewshot_ceiling"]) == {
+        "pretrained", "random_init", "raw_voxels"}
 
 
 def test_no_source_file_names_in_outputs(demo_out):
@@ -73,3 +108,66 @@ def test_fresh_process_loads_registered_model_by_alias(demo_out):
     assert set(probs) == {"atrophy", "healthy", "lesion"}
     assert abs(sum(probs.values()) - 1) < 1e-5
     assert row["label"] == max(probs, key=probs.get)
+
+
+FEWSHOT_CLI = ["fewshot.n_episodes=20", "fewshot.n_query=1", "fewshot.logreg_episodes=5", "fewshot.n_boot=100",
+               "fewshot.scratch_episodes=2", "fewshot.scratch_steps=3", "fewshot.budget_random=10", "fewshot.pdf=false",
+               "fewshot.embedding_map=none"]
+
+
+def test_fewshot_report_and_suggest_labels_commands(demo_out, tmp_path, capsys, monkeypatch):
+    out, summary = demo_out
+    uri = summary["mlflow"]["tracking_uri"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)            # --tracking-uri sets it; restore it afterwards
+    enc = "models:/medcl-encoder@champion"
+    rc = main(["fewshot", "--encoder", enc, "--cohort", str(out / "cohort"), "--shots", "1,2", "--out",
+               str(tmp_path / "fs"), "--tracking-uri", uri, "--quiet", *FEWSHOT_CLI])
+    assert rc == 0, capsys.readouterr().err
+    fs = json.loads((tmp_path / "fs" / "summary.json").read_text())
+    assert set(fs["fewshot"]) == {"pretrained", "random_init", "raw_voxels", "scratch"}
+    assert fs["fewshot"]["pretrained"]["2"]["n_episodes"] == 20 and fs["cohort"]["scans"] == 9
+    # the run's saved report data renders the report again, from the run id alone
+    assert main(["report", fs["mlflow"]["fewshot_run_id"], "--tracking-uri", fs["mlflow"]["tracking_uri"], "--out",
+                 str(tmp_path / "again"),
+                 "--no-pdf"]) == 0
+    again = (tmp_path / "again" / "report.html").read_text()
+    assert "balanced accuracy" in again and "raw voxels (PCA)" in again
+    capsys.readouterr()
+    assert main(["suggest-labels", "--cohort", str(out / "cohort"), "--encoder", enc, "--k", "3", "--all",
+                 "--tracking-uri", uri]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "rank,scan_key,subject_key" and len(lines) == 4
+    manifest = (out / "cohort" / "manifest.csv").read_text()
+    subjects = [line.split(",")[2] for line in lines[1:]]
+    assert len(set(subjects)) == 3 and all(s in manifest for s in subjects)
+    assert main(["suggest-labels", "--cohort", str(out / "cohort"), "--encoder", enc, "--k", "99", "--all",
+                 "--tracking-uri", uri]) == 2
+    assert "--k 99: must be between 1 and the 18 subjects" in capsys.readouterr().err
+
+
+def test_predict_command_on_a_nifti_file_and_a_dicom_folder(demo_out, tmp_path, capsys, monkeypatch):
+    import nibabel as nib
+
+    from medcl.data.dicomwrite import write_series
+
+    out, summary = demo_out
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", summary["mlflow"]["tracking_uri"])
+    nifti = sorted((out / "demo_src" / "nifti").glob("*.nii.gz"))[0]
+    img = nib.load(nifti)
+    write_series(np.asarray(img.dataobj, dtype=np.float32), img.affine, tmp_path / "dicom" / "series")
+    capsys.readouterr()
+    rc = main(["predict", "--tracking-uri", summary["mlflow"]["tracking_uri"], "--model",
+               "models:/medcl-fewshot@champion", str(nifti), str(tmp_path / "dicom" / "series")])
+    assert rc == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert set(row["probabilities"]) == {"atrophy", "healthy", "lesion"}
+        assert abs(sum(row["probabilities"].values()) - 1) < 1e-3
+        assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
+    # the same scan as NIfTI and as DICOM gives (nearly) the same probabilities
+    assert all(abs(rows[0]["probabilities"][c] - rows[1]["probabilities"][c]) < 0.05 for c in rows[0]["probabilities"])
+    rc = main(["predict", "--tracking-uri", summary["mlflow"]["tracking_uri"], "--model",
+               "models:/medcl-fewshot@champion", str(tmp_path / "missing.nii.gz")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and err[0].startswith(str(tmp_path / "missing.nii.gz") + ": error: ")

@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from medcl.fewshot.episodes import Episode, max_shots, sample_episodes
+from medcl.fewshot.episodes import BLOCK, Episode, max_shots, sample_episode_batch, sample_episodes
 from medcl.fewshot.evaluate import evaluate_episodes
 from medcl.fewshot.heads import PrototypeHead
 from medcl.fewshot.metrics import accuracy
@@ -125,7 +125,7 @@ def _features(labels, d=64, signal=3.0, seed=0):
 @pytest.mark.parametrize("head", ["prototype", "logreg"])
 def test_clear_class_structure_scores_above_0_9(head):
     labels, subjects = _cohort()
-    n = 600 if head == "prototype" else 40
+    n = 600 if head == "prototype" else 20
     res = evaluate_episodes(_features(labels), labels, subjects, shots=[1, 5], head=head, n_episodes=n)
     for k in ("1", "5"):
         assert res[k]["accuracy"] > 0.9 and res[k]["balanced_accuracy"] > 0.9
@@ -166,7 +166,8 @@ def test_result_layout_and_confusion_rows_are_true_classes():
     labels, subjects = _cohort(subjects_per_class=(6, 12, 20))
     res = evaluate_episodes(_features(labels, signal=0.3), labels, subjects, shots=[3], n_query=5, n_episodes=40)
     r = res["3"]
-    assert set(r) == {"accuracy", "accuracy_ci95", "balanced_accuracy", "ci95", "n_episodes", "classes", "confusion"}
+    assert {"accuracy", "accuracy_ci95", "balanced_accuracy", "ci95", "balanced_accuracy_ci95_episodic", "macro_f1",
+            "auc", "ece", "brier", "sensitivity", "specificity", "n_episodes", "classes", "confusion"} <= set(r)
     assert r["classes"] == ["AD", "CN", "MCI"] and r["n_episodes"] == 40
     conf = np.array(r["confusion"])
     # AD has 6 subjects: 3 support leave 3 queries an episode; CN and MCI give 5
@@ -220,3 +221,43 @@ def test_evaluate_argument_errors():
         evaluate_episodes(X[:-1], labels, subjects, shots=[1])
     with pytest.raises(TypeError, match="unexpected keyword"):
         evaluate_episodes(X, labels, subjects, shots=[1], head_kwargs={"C": 1.0})
+
+
+# --- EpisodeBatch: the array form every vectorised head uses -------------------------------------
+
+@pytest.mark.parametrize("n_way", [None, 2])
+def test_batch_no_subject_on_both_sides_and_k_per_class(n_way):
+    labels, subjects = _cohort(subjects_per_class=(6, 12, 20))
+    b = sample_episode_batch(labels, subjects, 3, 5, 300, seed=2, n_way=n_way)
+    assert b.support.shape == (300, 3 * (n_way or 3)) and b.k_shot == 3
+    for e in range(300):
+        q = b.query[e][b.query[e] >= 0]
+        assert not set(subjects[b.support[e]]) & set(subjects[q])
+        assert len(set(subjects[q])) == len(q)
+        # support grouped by class, K each, in the order of b.classes; queries only of those classes
+        assert labels[b.support[e]].tolist() == np.repeat(b.class_names[b.classes[e]], 3).tolist()
+        assert set(labels[q]) == set(b.class_names[b.classes[e]])
+    # AD has 3 query subjects left, CN and MCI 5: 2-way episodes with and without AD differ in size
+    assert (b.query < 0).any() == (n_way == 2)
+
+
+def test_first_n_episodes_do_not_depend_on_how_many_are_drawn():
+    labels, subjects = _cohort()
+    big = sample_episode_batch(labels, subjects, 2, 4, 3 * BLOCK + 5, seed=9)
+    for n in (1, BLOCK - 1, BLOCK + 3, 2 * BLOCK):
+        small = sample_episode_batch(labels, subjects, 2, 4, n, seed=9)
+        assert small.episodes() == big.first(n).episodes()
+        np.testing.assert_array_equal(small.support, big.first(n).support)
+
+
+def test_evaluation_of_every_head_scores_no_subject_on_both_sides():
+    # subject-identity features (labels random per subject): only a leak could beat chance
+    rng = np.random.default_rng(1)
+    n_sub = 90
+    subjects = np.repeat(np.arange(n_sub), 2)
+    labels = np.repeat(rng.permutation(np.arange(n_sub) % 3), 2)
+    X = rng.normal(size=(n_sub, 32))[subjects] + 0.05 * rng.normal(size=(len(subjects), 32))
+    for head in ("prototype", "prototype_euclidean", "knn", "logreg"):
+        n = 10 if head == "logreg" else 300
+        r = evaluate_episodes(X, labels, subjects, shots=[6], head=head, n_episodes=n, n_boot=200)["6"]
+        assert abs(r["accuracy"] - 1 / 3) < 0.1, head

@@ -10,7 +10,7 @@ from sklearn.neighbors import NearestCentroid
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler, normalize
 
-from medcl.fewshot.heads import HEADS, LinearHead, LogisticHead, PrototypeHead, make_head
+from medcl.fewshot.heads import HEADS, KNNHead, LinearHead, LogisticHead, PrototypeHead, make_head
 
 # NearestCentroid also computes within-class spreads, which warn for one-sample classes
 pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning"),
@@ -138,8 +138,10 @@ def test_heads_learn_clear_structure():
 
 def test_make_head_and_argument_errors():
     assert isinstance(make_head("logreg", C=0.5), LogisticHead) and make_head("logreg", C=0.5).C == 0.5
-    with pytest.raises(ValueError, match=r"unknown head 'knn'; known heads: logreg, prototype"):
-        make_head("knn")
+    with pytest.raises(ValueError, match=r"unknown head 'svm'; known heads: knn, logreg, prototype"):
+        make_head("svm")
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
+        KNNHead(k=0)
     with pytest.raises(ValueError, match="unknown metric 'manhattan'"):
         PrototypeHead(metric="manhattan")
     with pytest.raises(ValueError, match="temperature"):
@@ -182,3 +184,89 @@ def test_linear_head_errors(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not an npz")
     with pytest.raises(ValueError, match="not a LinearHead"):
         LinearHead.load(tmp_path / "bad.npz")
+
+
+# --- kNN, the LOSO choice of C, and the batched solver -------------------------------------------
+
+from sklearn.model_selection import LeaveOneGroupOut  # noqa: E402
+from sklearn.neighbors import KNeighborsClassifier  # noqa: E402
+
+from medcl.fewshot.logistic import fit_logistic, logits, loso_select_C, span_coordinates  # noqa: E402
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_knn_head_is_sklearn_distance_weighted_knn_on_cl2n_features(seed):
+    X, y, Xq = _task(seed, n_per_class=(3, 4, 5), shift=2.0)
+    head = KNNHead(k=3, temperature=7.0).fit(X, y)
+    Z = lambda A: normalize(A - X.mean(0))                                  # noqa: E731
+    ref = KNeighborsClassifier(3, metric="cosine", weights=lambda d: np.exp(7.0 * (1 - d)), algorithm="brute")
+    ref.fit(Z(X), y)
+    np.testing.assert_allclose(head.predict_proba(Xq), ref.predict_proba(Z(Xq)), atol=1e-10)
+    np.testing.assert_array_equal(head.predict(Xq), ref.predict(Z(Xq)))
+
+
+def test_knn_k_is_capped_at_the_smallest_class():
+    X, y, Xq = _task(0, n_per_class=(1, 4, 4))
+    assert KNNHead(k=3).fit(X, y).k_ == 1
+
+
+@pytest.mark.parametrize("n_classes,C", [(2, 0.1), (2, 30.0), (3, 1.0), (4, 0.3), (4, 30.0)])
+def test_batched_logistic_solves_sklearns_objective(n_classes, C):
+    rng = np.random.default_rng(n_classes)
+    Z = rng.normal(size=(3, 4 * n_classes, 6)) + 0.5
+    y = np.tile(np.arange(n_classes), (3, 4))
+    weight = np.ones(y.shape)
+    weight[1, 0] = 0.0                                                         # a dropped sample
+    coef, intercept = fit_logistic(Z, y, n_classes, C, weight)
+    for b in range(3):
+        keep = weight[b] > 0
+        ref = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(Z[b][keep], y[b][keep])
+        lg = logits(Z[b:b + 1], coef[b:b + 1], intercept[b:b + 1])[0]
+        np.testing.assert_allclose(softmax(lg, axis=1), ref.predict_proba(Z[b]), atol=1e-6)
+        if n_classes > 2:
+            np.testing.assert_allclose(coef[b], ref.coef_, atol=1e-4)
+
+
+def test_span_coordinates_keep_inner_products():
+    rng = np.random.default_rng(0)
+    A, Q = rng.normal(size=(2, 5, 40)), rng.normal(size=(2, 3, 40))
+    za, zq = span_coordinates(A, Q)
+    assert za.shape == (2, 5, 5)
+    np.testing.assert_allclose(za @ za.transpose(0, 2, 1), A @ A.transpose(0, 2, 1), atol=1e-10)
+    np.testing.assert_allclose(zq @ za.transpose(0, 2, 1), Q @ A.transpose(0, 2, 1), atol=1e-10)
+
+
+def test_loso_choice_of_C_is_sklearns_leave_one_group_out():
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1, 2], 4)
+    groups = np.arange(12)                                                  # one scan per subject ...
+    groups[[1, 5]] = groups[[0, 4]]                                         # ... but two with 2 scans
+    Cs = (0.1, 1.0, 10.0)
+    for signal in (0.0, 1.5):                                                # chooses 0.1, then 10
+        X = normalize(rng.normal(size=(12, 8)) + signal * np.eye(3, 8)[y])
+        best, loss = loso_select_C(X[None], y[None], groups[None], 3, Cs)
+        ref = []
+        for C in Cs:
+            nll = []
+            for tr, te in LeaveOneGroupOut().split(X, y, groups):
+                p = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X[tr], y[tr]).predict_proba(X[te])
+                nll.extend(-np.log(p[np.arange(len(te)), y[te]]))
+            ref.append(np.mean(nll))
+        np.testing.assert_allclose(loss[0], ref, rtol=1e-4)
+        assert best[0] == Cs[int(np.argmin(ref))]
+
+
+def test_logistic_head_chooses_C_by_loso_when_shots_allow():
+    X, y, Xq = _task(11, n_per_class=(3, 3, 3), shift=1.0)
+    head = LogisticHead(C=None, Cs=(0.5, 5.0)).fit(X, y)
+    assert head.C_ in (0.5, 5.0)
+    Z = normalize(X - X.mean(0))
+    _, yi = np.unique(y, return_inverse=True)
+    expected = loso_select_C(span_coordinates(Z[None]), yi[None], np.arange(9)[None], 3, (0.5, 5.0))[0][0]
+    assert head.C_ == expected
+    ref = LogisticRegression(C=head.C_, max_iter=1000).fit(Z, y)
+    np.testing.assert_allclose(head.predict_proba(Xq), ref.predict_proba(normalize(Xq - X.mean(0))), atol=1e-8)
+    one_shot = LogisticHead(C=None, C_fallback=2.0).fit(X[[0, 3, 6]], y[[0, 3, 6]])   # K = 1: LOSO impossible
+    assert one_shot.C_ == 2.0
+    with pytest.raises(ValueError, match="single subject"):
+        loso_select_C(X[None, [0, 3, 6]], yi[None, [0, 3, 6]], np.arange(3)[None], 3, (1.0,))

@@ -16,6 +16,11 @@ in its centre (enlarged ventricles in atrophy), so a view must keep most of the 
 - spatial changes are small (a few degrees, a few per cent) and the only flip is left-right.
 Intensity changes (gamma, contrast, bias field, noise, blur) are the nuisances of MRI that
 a diagnosis must ignore; they never remove a structure.
+
+Optional (off by default, and then no random number is drawn for them, so the views of a
+config that does not ask for them are unchanged): a shear (``augment.shear``), and the k-space
+artefacts of MRI acquisition, Gibbs ringing (``augment.gibbs_prob``) and a spike
+(``augment.spike_prob``), with MONAI's ``GibbsNoise`` / ``KSpaceSpikeNoise`` parameters.
 """
 
 from __future__ import annotations
@@ -42,17 +47,31 @@ class ViewParams:
     noise_std: float
     noise_seed: int
     blur_sigma: float                       # voxels of the output view; 0 = none
+    # optional, added later (defaults = off, so positional construction above still works)
+    shear: tuple[float, ...] = (0.0,) * 6   # MONAI create_shear coefficients (xy, xz, yx, yz, zx, zy)
+    gibbs_alpha: float = 0.0                # MONAI GibbsNoise alpha in [0, 1); 0 = none
+    spike_loc: tuple[int, int, int] = (0, 0, 0)  # voxel of the fftshift-ed k-space of the view
+    spike_intensity: float = 0.0            # MONAI KSpaceSpikeNoise k_intensity (log magnitude); 0 = none
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def foreground_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(lo, hi) voxel corners of the mask's bounding box (hi exclusive)."""
-    idx = np.argwhere(mask)
-    if idx.size == 0:
-        raise ValueError("empty foreground mask: nothing to crop")
-    return idx.min(0), idx.max(0) + 1
+    """(lo, hi) voxel corners of the mask's bounding box (hi exclusive).
+
+    From the mask's projections on the three axes (the same box as ``np.argwhere``'s min and
+    max, at a fraction of the cost: this runs once per pair).
+    """
+    lo, hi = [], []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(np.any(mask, axis=others))
+        if hit.size == 0:
+            raise ValueError("empty foreground mask: nothing to crop")
+        lo.append(hit[0])
+        hi.append(hit[-1] + 1)
+    return np.array(lo, dtype=np.int64), np.array(hi, dtype=np.int64)
 
 
 def crop_iou(a: ViewParams, b: ViewParams) -> float:
@@ -65,8 +84,12 @@ def crop_iou(a: ViewParams, b: ViewParams) -> float:
 
 
 def foreground_fraction(mask: np.ndarray, p: ViewParams) -> float:
+    """Fraction of the crop box that is foreground (tissue)."""
     box = tuple(slice(s, s + n) for s, n in zip(p.crop_start, p.crop_size))
-    return float(mask[box].mean())
+    part = mask[box]
+    if part.dtype == bool:  # exact count / size: the same float as part.mean(), faster
+        return float(np.count_nonzero(part) / part.size) if part.size else float("nan")
+    return float(part.mean())
 
 
 def _sample_crop(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray,
@@ -90,7 +113,37 @@ def _sample_rest(rng: np.random.Generator, cfg: AugmentConfig) -> dict:
         "noise_std": float(rng.uniform(*cfg.noise_std)),
         "noise_seed": int(rng.integers(0, 2**31 - 1)),
         "blur_sigma": float(rng.uniform(*cfg.blur_sigma)) if rng.random() < cfg.blur_prob else 0.0,
+        **_sample_optional(rng, cfg),
     }
+
+
+def _sample_optional(rng: np.random.Generator, cfg: AugmentConfig) -> dict:
+    """Shear and k-space artefacts; draws nothing from ``rng`` for what the config leaves off."""
+    out: dict = {}
+    if cfg.shear > 0:
+        out["shear"] = tuple(float(v) for v in rng.uniform(-cfg.shear, cfg.shear, 6))
+    if cfg.gibbs_prob > 0 and rng.random() < cfg.gibbs_prob:
+        out["gibbs_alpha"] = float(rng.uniform(*cfg.gibbs_alpha))
+    if cfg.spike_prob > 0 and rng.random() < cfg.spike_prob:
+        out.update(sample_spike(rng, cfg.view_size, cfg.spike_amplitude))
+    return out
+
+
+def sample_spike(rng: np.random.Generator, view_size: int, amplitude: tuple[float, float]) -> dict:
+    """A k-space spike: a location away from the centre and MONAI's log-magnitude ``k_intensity``.
+
+    A spike of magnitude ``M`` at one k-space voxel of an ``S^3`` view adds a plane wave of
+    amplitude ``M / S^3`` to the image (inverse DFT, MONAI's ``norm="backward"``), so an image
+    amplitude ``a`` (in units of the view's [0, 1] intensity range) is ``log(a * S^3)``.
+    The wave's frequency is between 2 and ``S/4`` cycles per view along each axis (herringbone
+    stripes, not a change of the mean).
+    """
+    s = view_size
+    hi = max(3, s // 4 + 1)
+    offset = rng.integers(2, hi, 3) * np.where(rng.random(3) < 0.5, -1, 1)
+    loc = tuple(int(s // 2 + o) for o in offset)  # fftshift puts frequency 0 at index s // 2
+    a = float(rng.uniform(*amplitude))
+    return {"spike_loc": loc, "spike_intensity": float(np.log(a * s ** 3))}
 
 
 def sample_pair(rng: np.random.Generator, mask: np.ndarray, cfg: AugmentConfig) -> tuple[ViewParams, ViewParams]:

@@ -2,14 +2,18 @@
 
 Order: crop first, then resample to the view size (cheaper than resampling the whole
 volume), then the small affine and the flip, then the MR intensity nuisances on [0, 1]
-intensities, then a z-score over the view.
+intensities (gamma, contrast, bias field, the optional k-space spike and Gibbs ringing, noise,
+blur), then a z-score over the view. :mod:`medcl.augment.batched` applies the same parameters
+to a whole batch with torch operations; ``tests/test_batched_views.py`` holds the two paths
+together.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from monai.transforms import AdjustContrast, Affine, Flip, GaussianSmooth, Resize, SpatialCrop
+from monai.transforms import (AdjustContrast, Affine, Flip, GaussianSmooth, GibbsNoise, KSpaceSpikeNoise, Resize,
+                              SpatialCrop)
 
 from medcl.augment.params import N_BIAS, ViewParams, identity_view, sample_pair
 from medcl.config import AugmentConfig
@@ -27,15 +31,26 @@ def bias_field(shape: tuple[int, int, int], coeffs: tuple[float, ...]) -> torch.
 
 def apply_view(image: np.ndarray | torch.Tensor, p: ViewParams, view_size: int) -> torch.Tensor:
     """One view, shape (1, S, S, S), float32, zero mean and unit variance."""
+    return intensity_view(resample_view(image, p, view_size), p)
+
+
+def resample_view(image: np.ndarray | torch.Tensor, p: ViewParams, view_size: int) -> torch.Tensor:
+    """The geometric part of :func:`apply_view`: crop, resize, affine, flip -> (1, S, S, S)."""
     x = torch.as_tensor(np.asarray(image, dtype=np.float32))[None]
     end = [s + n for s, n in zip(p.crop_start, p.crop_size)]
     x = SpatialCrop(roi_start=p.crop_start, roi_end=end)(x)
     x = Resize((view_size,) * 3, mode="trilinear", align_corners=False)(x)
-    if any(abs(r) > 0 for r in p.rotate) or any(abs(s - 1) > 0 for s in p.scale):
-        x = Affine(rotate_params=p.rotate, scale_params=p.scale, padding_mode="border",
+    shear = p.shear if any(p.shear) else None
+    if any(abs(r) > 0 for r in p.rotate) or any(abs(s - 1) > 0 for s in p.scale) or shear:
+        x = Affine(rotate_params=p.rotate, shear_params=shear, scale_params=p.scale, padding_mode="border",
                    mode="bilinear", image_only=True)(x)
     if p.flip_lr:
         x = Flip(spatial_axis=0)(x)
+    return x
+
+
+def intensity_view(x: torch.Tensor, p: ViewParams) -> torch.Tensor:
+    """The intensity part of :func:`apply_view` on a resampled (1, S, S, S) view."""
     x = torch.as_tensor(x)
     lo, hi = x.min(), x.max()
     x = (x - lo) / (hi - lo).clamp_min(1e-6)
@@ -45,6 +60,13 @@ def apply_view(image: np.ndarray | torch.Tensor, p: ViewParams, view_size: int) 
         x = (x - x.mean()) * p.contrast + x.mean()
     if any(p.bias):
         x = x * bias_field(tuple(x.shape[1:]), p.bias)
+    # k-space artefacts: a spike (a corrupt sample), then Gibbs ringing (the truncated acquisition
+    # window, which drops a spike outside it); this order also keeps the spike's phase that of
+    # a coefficient of the image, not of one that Gibbs has zeroed (then undefined)
+    if p.spike_intensity != 0:
+        x = torch.as_tensor(KSpaceSpikeNoise(loc=p.spike_loc, k_intensity=p.spike_intensity)(x)).float()
+    if p.gibbs_alpha > 0:
+        x = torch.as_tensor(GibbsNoise(alpha=p.gibbs_alpha)(x)).float()
     if p.noise_std > 0:
         g = torch.Generator().manual_seed(p.noise_seed)
         x = x + p.noise_std * torch.randn(x.shape, generator=g)

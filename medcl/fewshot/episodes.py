@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Episode", "sample_episodes", "max_shots"]
+__all__ = ["Episode", "EpisodeBatch", "sample_episodes", "sample_episode_batch", "max_shots"]
 
 
 @dataclass(frozen=True)
@@ -105,19 +105,83 @@ def _check_enough(cohort: _Cohort, k_shot: int) -> None:
                              f"needs at least {k_shot + 1} (K support + 1 query)")
 
 
-def sample_episodes(labels: np.ndarray, subjects: np.ndarray, k_shot: int, n_query: int,
-                    n_episodes: int, seed: int, n_way: int | None = None) -> list[Episode]:
-    """Sample ``n_episodes`` stratified, subject-disjoint N-way K-shot episodes.
+BLOCK = 64  # episodes drawn from one seeded random stream; see ``sample_episode_batch``
+
+
+@dataclass(frozen=True)
+class EpisodeBatch:
+    """``E`` episodes as arrays, for heads that score every episode at once.
+
+    - ``support`` ``(E, n_way * K)``: scan indices, ``K`` per class, classes in the order of ``classes``;
+    - ``query`` ``(E, Q)``: scan indices, ``-1`` pads episodes with fewer queries (see ``query_mask``);
+    - ``classes`` ``(E, n_way)``: the episode's classes, as indices into ``class_names`` (sorted).
+    """
+
+    support: np.ndarray
+    query: np.ndarray
+    classes: np.ndarray
+    class_names: np.ndarray
+    k_shot: int
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self.support)
+
+    @property
+    def n_way(self) -> int:
+        return self.classes.shape[1]
+
+    @property
+    def query_mask(self) -> np.ndarray:
+        return self.query >= 0
+
+    def first(self, n: int) -> "EpisodeBatch":
+        """The first ``n`` episodes: the same episodes a smaller ``n_episodes`` would have drawn."""
+        n = min(int(n), self.n_episodes)
+        q = self.query[:n]
+        q = q[:, : max(1, int((q >= 0).sum(1).max()))]
+        return EpisodeBatch(self.support[:n], q, self.classes[:n], self.class_names, self.k_shot)
+
+    def episodes(self) -> list[Episode]:
+        """One :class:`Episode` per row, padding removed."""
+        return [Episode(s, q[q >= 0]) for s, q in zip(self.support, self.query)]
+
+
+def _block(cohort: _Cohort, rng: np.random.Generator, m: int, k_shot: int, n_pick: list[int], n_way: int):
+    """``m`` episodes: support ``(m, n_way*K)``, query ``(m, n_way*Qmax)`` padded with -1, classes."""
+    n_classes = len(cohort.classes)
+    q_max = max(n_pick) - k_shot
+    support = np.empty((m, n_classes, k_shot), np.int64)
+    query = np.full((m, n_classes, q_max), -1, np.int64)
+    for c, subs in enumerate(cohort.class_subjects):
+        # a random permutation per episode: argsort of uniform keys (one call for all m episodes)
+        picked = subs[np.argsort(rng.random((m, len(subs))), axis=1)[:, : n_pick[c]]]
+        offset = (rng.random(picked.shape) * cohort.scan_count[picked]).astype(np.int64)
+        scans = cohort.scan_order[cohort.scan_start[picked] + offset]
+        support[:, c] = scans[:, :k_shot]
+        query[:, c, : n_pick[c] - k_shot] = scans[:, k_shot:]
+    if n_way == n_classes:
+        chosen = np.broadcast_to(np.arange(n_classes), (m, n_classes))
+    else:
+        chosen = np.sort(np.argsort(rng.random((m, n_classes)), axis=1)[:, :n_way], axis=1)
+    rows = np.arange(m)[:, None]
+    return support[rows, chosen].reshape(m, -1), query[rows, chosen].reshape(m, -1), np.array(chosen)
+
+
+def sample_episode_batch(labels: np.ndarray, subjects: np.ndarray, k_shot: int, n_query: int,
+                         n_episodes: int, seed: int, n_way: int | None = None) -> EpisodeBatch:
+    """Sample ``n_episodes`` stratified, subject-disjoint N-way K-shot episodes as arrays.
 
     Per episode: ``n_way`` classes (``None`` = all classes), then per class ``k_shot`` support
-    subjects and ``n_query`` query subjects, disjoint; each picked subject contributes one random
-    scan. A class with fewer than ``k_shot + n_query`` subjects uses all its remaining subjects
-    (at least 1) as queries, so its query count is smaller. A class with fewer than
-    ``k_shot + 1`` subjects is a ``ValueError``.
+    *subjects* and ``n_query`` query *subjects*, disjoint; each picked subject contributes one
+    random scan, so a subject never appears on both sides (nor twice). A class with fewer than
+    ``k_shot + n_query`` subjects uses all its remaining subjects (at least 1) as queries. A class
+    with fewer than ``k_shot + 1`` subjects is a ``ValueError`` naming it.
 
-    Indices in ``support`` and ``query`` are grouped by class in sorted class order. The same
-    ``seed`` (and inputs) gives identical episodes, so every encoder and head can be scored on the
-    same episodes.
+    Episodes are drawn in blocks of ``BLOCK``, block ``b`` from ``SeedSequence(seed, spawn_key=(b,))``,
+    so the first ``n`` episodes are identical whatever ``n_episodes >= n`` is asked for: a costly
+    head scored on 100 episodes sees the first 100 of the 1,000 a cheap head sees, and the two are
+    compared pairwise on them. The same ``seed`` gives every encoder and head the same episodes.
     """
     k_shot = _check_int("k_shot", k_shot, 1)
     n_query = _check_int("n_query", n_query, 1)
@@ -126,25 +190,27 @@ def sample_episodes(labels: np.ndarray, subjects: np.ndarray, k_shot: int, n_que
     n_classes = len(cohort.classes)
     if n_classes < 2:
         raise ValueError(f"need at least 2 classes for an episode, found {cohort.classes.tolist()}")
-    if n_way is None:
-        n_way = n_classes
-    n_way = _check_int("n_way", n_way, 2)
+    n_way = n_classes if n_way is None else _check_int("n_way", n_way, 2)
     if n_way > n_classes:
         raise ValueError(f"n_way={n_way} but the labels have only {n_classes} classes {cohort.classes.tolist()}")
     _check_enough(cohort, k_shot)
-
-    rng = np.random.default_rng(seed)
     n_pick = [k_shot + min(n_query, len(s) - k_shot) for s in cohort.class_subjects]
-    episodes = []
-    for _ in range(n_episodes):
-        chosen = range(n_classes) if n_way == n_classes else np.sort(rng.choice(n_classes, n_way, replace=False))
-        support, query = [], []
-        for c in chosen:
-            subs = cohort.class_subjects[c]
-            picked = subs[rng.permutation(len(subs))[:n_pick[c]]]
-            offset = (rng.random(len(picked)) * cohort.scan_count[picked]).astype(np.int64)
-            scans = cohort.scan_order[cohort.scan_start[picked] + offset]
-            support.append(scans[:k_shot])
-            query.append(scans[k_shot:])
-        episodes.append(Episode(np.concatenate(support), np.concatenate(query)))
-    return episodes
+    parts = []
+    for b in range(-(-n_episodes // BLOCK)):
+        rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(b,)))
+        parts.append(_block(cohort, rng, BLOCK, k_shot, n_pick, n_way))
+    support = np.concatenate([p[0] for p in parts])[:n_episodes]
+    query = np.concatenate([p[1] for p in parts])[:n_episodes]
+    classes = np.concatenate([p[2] for p in parts])[:n_episodes]
+    # padding (classes with fewer query subjects) to the end of each row, then trim empty columns
+    order = np.argsort(query < 0, axis=1, kind="stable")
+    query = np.take_along_axis(query, order, axis=1)
+    query = query[:, : max(1, int((query >= 0).sum(1).max()))]
+    return EpisodeBatch(support, query, classes, cohort.classes, k_shot)
+
+
+def sample_episodes(labels: np.ndarray, subjects: np.ndarray, k_shot: int, n_query: int,
+                    n_episodes: int, seed: int, n_way: int | None = None) -> list[Episode]:
+    """The episodes of :func:`sample_episode_batch` as a list of :class:`Episode` (indices in
+    ``support`` and ``query`` grouped by class in sorted class order)."""
+    return sample_episode_batch(labels, subjects, k_shot, n_query, n_episodes, seed, n_way).episodes()

@@ -5,7 +5,10 @@
   ``cosine``: centre by the support mean (optional), L2-normalise, average per class, compare to
   the L2-normalised class means by cosine similarity. ``euclidean``: squared distance to the class
   means of the raw features, i.e. scikit-learn's ``NearestCentroid``.
-- ``LogisticHead``: ``LogisticRegression`` on centred (optional), L2-normalised features.
+- ``LogisticHead``: ``LogisticRegression`` on centred (optional), L2-normalised features; with
+  ``C=None`` its ``C`` is chosen by leave-one-subject-out cross-validation on the training set
+  (:func:`medcl.fewshot.logistic.loso_select_C`) when every class has 2+ subjects.
+- ``KNNHead``: distance-weighted k nearest neighbours (Dudani 1976) by cosine on CL2N features.
 - ``LinearHead``: the deployable form of either (``head.to_linear()``): ``softmax(W f(x) + b)``
   with the same probabilities, stored as plain arrays in an ``.npz`` (nothing pickled).
 
@@ -25,7 +28,7 @@ import numpy as np
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 
-__all__ = ["PrototypeHead", "LogisticHead", "LinearHead", "HEADS", "make_head", "l2_normalise", "softmax"]
+__all__ = ["PrototypeHead", "LogisticHead", "KNNHead", "LinearHead", "HEADS", "make_head", "l2_normalise", "softmax"]
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -177,14 +180,25 @@ class PrototypeHead:
 
 class LogisticHead:
     """Multinomial ``LogisticRegression(C=C)`` (L2 penalty, lbfgs) on features centred by the
-    support mean (if ``centre``), then L2-normalised."""
+    support mean (if ``centre``), then L2-normalised.
+
+    ``C=None``: ``C`` is the value in ``Cs`` with the lowest leave-one-subject-out log-loss on
+    the training set (subjects from ``fit(..., groups=)``, else one subject per row) when every
+    class has at least 2 subjects, else ``C_fallback``; the choice is ``C_``.
+    """
 
     MAX_ITER = 1000
 
-    def __init__(self, C: float = 1.0, centre: bool = True):
-        if not (np.isscalar(C) and np.isfinite(C) and C > 0):
-            raise ValueError(f"LogisticHead: C must be a finite number > 0, got {C!r}")
-        self.C, self.centre = float(C), bool(centre)
+    def __init__(self, C: float | None = 1.0, centre: bool = True, Cs=(0.1, 1.0, 10.0, 100.0), C_fallback: float = 1.0):
+        for name, v in (("C", C), ("C_fallback", C_fallback), *(("Cs", c) for c in Cs)):
+            if v is None and name == "C":
+                continue
+            if not (np.isscalar(v) and np.isfinite(v) and v > 0):
+                raise ValueError(f"LogisticHead: {name} must be a finite number > 0, got {v!r}")
+        if not len(Cs):
+            raise ValueError("LogisticHead: Cs is empty")
+        self.C, self.centre = (None if C is None else float(C)), bool(centre)
+        self.Cs, self.C_fallback = tuple(float(c) for c in Cs), float(C_fallback)
 
     def __repr__(self):
         return f"LogisticHead(C={self.C}, centre={self.centre})"
@@ -192,11 +206,24 @@ class LogisticHead:
     def _features(self, X: np.ndarray) -> np.ndarray:
         return l2_normalise(X - self.mean_)
 
-    def fit(self, X, y) -> "LogisticHead":
+    def fit(self, X, y, groups=None) -> "LogisticHead":
+        from medcl.fewshot.logistic import loso_feasible, loso_select_C, span_coordinates
+
         X, y = _check_fit("LogisticHead", X, y)
         self.n_features_in_ = X.shape[1]
         self.mean_ = X.mean(axis=0) if self.centre else np.zeros(X.shape[1])
-        self.model_ = LogisticRegression(C=self.C, max_iter=self.MAX_ITER).fit(self._features(X), y)
+        Z = self._features(X)
+        self.C_ = self.C
+        if self.C_ is None:
+            groups = np.arange(len(y)) if groups is None else np.asarray(groups)
+            if len(groups) != len(y):
+                raise ValueError(f"LogisticHead.fit: groups ({len(groups)}) and y ({len(y)}) differ in length")
+            if loso_feasible(y, groups):
+                classes, yi = np.unique(y, return_inverse=True)
+                self.C_ = float(loso_select_C(span_coordinates(Z[None]), yi[None], groups[None], len(classes), self.Cs)[0][0])
+            else:
+                self.C_ = self.C_fallback
+        self.model_ = LogisticRegression(C=self.C_, max_iter=self.MAX_ITER).fit(Z, y)
         self.classes_ = self.model_.classes_
         return self
 
@@ -217,7 +244,45 @@ class LogisticHead:
         return LinearHead(self.classes_, self.mean_, W, b, normalise=True)
 
 
-HEADS: dict[str, type] = {"prototype": PrototypeHead, "logreg": LogisticHead}
+class KNNHead:
+    """Distance-weighted k nearest neighbours (Dudani 1976) by cosine similarity on features
+    centred by the support mean (if ``centre``) and L2-normalised (SimpleShot's CL2N):
+    ``p_c = sum of exp(temperature * cos) over the neighbours of class c``, normalised;
+    ``k`` is capped at the smallest class count (K in a K-shot episode)."""
+
+    def __init__(self, k: int = 3, temperature: float = 10.0, centre: bool = True):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"KNNHead: k must be an int >= 1, got {k!r}")
+        if not (np.isscalar(temperature) and np.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"KNNHead: temperature must be a finite number > 0, got {temperature!r}")
+        self.k, self.temperature, self.centre = int(k), float(temperature), bool(centre)
+
+    def __repr__(self):
+        return f"KNNHead(k={self.k}, temperature={self.temperature}, centre={self.centre})"
+
+    def fit(self, X, y) -> "KNNHead":
+        X, y = _check_fit("KNNHead", X, y)
+        self.n_features_in_ = X.shape[1]
+        self.mean_ = X.mean(axis=0) if self.centre else np.zeros(X.shape[1])
+        self.classes_, self.y_ = np.unique(y, return_inverse=True)
+        self.support_ = l2_normalise(X - self.mean_)
+        self.k_ = min(self.k, int(np.bincount(self.y_).min()))
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        sims = l2_normalise(_check_predict(self, X) - self.mean_) @ self.support_.T
+        order = np.argsort(-sims, axis=1, kind="stable")[:, : self.k_]
+        top = np.take_along_axis(sims, order, 1)
+        w = np.exp(self.temperature * (top - top[:, :1]))
+        proba = np.zeros((len(sims), len(self.classes_)))
+        np.add.at(proba, (np.arange(len(sims))[:, None], self.y_[order]), w)
+        return proba / proba.sum(1, keepdims=True)
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+HEADS: dict[str, type] = {"prototype": PrototypeHead, "logreg": LogisticHead, "knn": KNNHead}
 
 
 def make_head(name: str, **kwargs):

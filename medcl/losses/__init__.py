@@ -1,5 +1,32 @@
-"""Pure loss functions: tensors in, a scalar loss out; no state, no modules."""
+"""Pure loss functions: tensors in, a scalar loss out; no state, no modules.
 
+Each function checks its arguments, cites its paper and shows a runnable example in its
+module docstring. Under DDP a method passes the embeddings of every GPU (gathered with
+:func:`medcl.train.distributed.gather`, which carries gradients), so the loss is computed on the
+global batch exactly as on one GPU.
+
+| function | paper | coupling across the batch |
+|---|---|---|
+| :func:`nt_xent` | SimCLR, Chen et al. 2020 | negatives |
+| :func:`info_nce` | MoCo, He et al. 2020 (queue) | negatives |
+| :func:`normalized_regression` | BYOL, Grill et al. 2020 | none |
+| :func:`barlow_twins` | Zbontar et al. 2021 | cross-correlation |
+| :func:`vicreg` | Bardes et al. 2022 | variance, covariance |
+| :func:`supcon` | Khosla et al. 2020 | negatives, positives by label |
+| :func:`triplet_margin` | Weinberger & Saul 2009; FaceNet 2015 | triplets by label |
+| :func:`contrastive_margin` | Hadsell et al. 2006 | pairs by label |
+| :func:`n_pair` | Sohn 2016 | negatives |
+"""
+
+from medcl.losses.barlow_twins import barlow_twins
+from medcl.losses.byol import normalized_regression
+from medcl.losses.contrastive_margin import contrastive_margin
+from medcl.losses.info_nce import info_nce
+from medcl.losses.npair import n_pair
 from medcl.losses.nt_xent import nt_xent
+from medcl.losses.supcon import supcon
+from medcl.losses.triplet import triplet_margin
+from medcl.losses.vicreg import vicreg
 
-__all__ = ["nt_xent"]
+__all__ = ["barlow_twins", "contrastive_margin", "info_nce", "n_pair", "normalized_regression", "nt_xent",
+           "supcon", "triplet_margin", "vicreg"]

@@ -1,31 +1,21 @@
-"""SimCLR (Chen et al., 2020): encoder + MLP projection head + NT-Xent over the batch."""
+"""SimCLR (Chen et al., 2020): encoder + MLP projection head + NT-Xent over every GPU's batch."""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from medcl.config import Config
 from medcl.losses import nt_xent
-from medcl.models import ProjectionHead, build_encoder
-from medcl.ssl import register
+from medcl.ssl.base import Method, StepOutput, Temperature
+from medcl.train.distributed import gather
 
 
-class SimCLR(nn.Module):
+class SimCLR(Method):
     def __init__(self, cfg: Config):
-        super().__init__()
-        m = cfg.model
-        self.encoder = build_encoder(m.arch, m.conv1_t_stride, m.widen_factor)
-        self.projector = ProjectionHead(self.encoder.feature_dim, m.proj_hidden, m.proj_dim)
-        self.temperature = cfg.train.temperature
+        super().__init__(cfg)
+        self.temperature = Temperature(cfg.train.temperature, cfg.train.learn_temperature)
 
-    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        h = self.encoder(torch.cat([v1, v2]))
-        z1, z2 = self.projector(h).chunk(2)
-        loss = nt_xent(z1, z2, self.temperature)
-        return loss, {"loss": float(loss.detach())}
-
-
-@register("simclr")
-def build(cfg: Config) -> SimCLR:
-    return SimCLR(cfg)
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor, labels: torch.Tensor | None = None) -> StepOutput:
+        z1, z2 = self.project(v1, v2)
+        loss = nt_xent(gather(z1), gather(z2), self.temperature())
+        return StepOutput(loss, self.temperature.logs(), z1.detach(), z2.detach())

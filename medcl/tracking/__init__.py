@@ -1,57 +1,236 @@
-"""MLflow: where runs go, and logging that never kills training.
+"""MLflow: where runs go, and logging that never kills training and never loses a metric.
 
 The default store is sqlite in the output folder (``sqlite:///OUT/mlflow.db``, artifacts in
 ``OUT/mlartifacts``), so no server is needed; ``MLFLOW_TRACKING_URI`` points medcl at a
-server instead.
+server instead (with ``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD``, or
+``MLFLOW_TRACKING_PASSWORD_FILE`` for a docker secret, when it has basic auth).
+
+Usage::
+
+    tracking.setup(out_dir, "medcl-pretrain")
+    with tracking.start_run("pretrain-simclr", tags={...}) as run:   # environment logged here
+        tracking.log_params({...})
+        tracking.log_metrics({"loss": 1.2}, step=0)                   # retried, or spooled
+        with tracking.start_run("child", nested=True):                # mlflow.parentRunId
+            ...
+
+Each top-level run also logs MLflow's system metrics (``system/cpu_utilization_percentage``,
+GPU utilisation and memory where ``nvidia-ml-py`` finds GPUs, ...) through the same path. See
+:mod:`medcl.tracking.spool` for what happens when the server is away.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow  # noqa: E402
 
-_warned: set[str] = set()
+from medcl.tracking.spool import RunHandle, Tracker, TrackingWarning, call_with_retry, is_transient  # noqa: E402
+
+__all__ = ["setup", "tracking_uri_for", "start_run", "current_run", "log_metrics", "log_params", "set_tags",
+           "log_dict", "log_text", "log_artifact", "log_fewshot_evaluation", "tracker", "spool_path_for", "RunHandle", "TrackingWarning",
+           "call_with_retry", "is_transient"]
+
+SPOOL_NAME = "mlflow-spool.jsonl"
+
+# medcl's own HTTP retry (with backoff, then spool) replaces MLflow's, which would block a
+# training step for minutes on a dead server. Set these yourself to override.
+# (The timeout is per socket operation, not per request: a long upload that progresses is fine.)
+_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+_tracker: Tracker | None = None
+_stack: list[RunHandle] = []
+# mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI (for subprocesses): remember what
+# medcl itself set, so that only a URI the *user* set counts as "log to a server".
+_uri_set_by_medcl: str | None = None
+
+
+def _user_uri() -> str | None:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri if uri and uri != _uri_set_by_medcl else None
 
 
 def tracking_uri_for(out_dir: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+    return _user_uri() or f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+
+
+def spool_path_for(out_dir: Path) -> Path:
+    return Path(out_dir).resolve() / SPOOL_NAME
+
+
+def _credentials_from_file() -> None:
+    """``MLFLOW_TRACKING_PASSWORD_FILE`` (a docker secret) fills ``MLFLOW_TRACKING_PASSWORD``."""
+    path = os.environ.get("MLFLOW_TRACKING_PASSWORD_FILE")
+    if path and not os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+        try:
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = Path(path).read_text().strip()
+        except OSError as exc:
+            warnings.warn(f"MLFLOW_TRACKING_PASSWORD_FILE={path}: cannot read ({exc.strerror})", TrackingWarning,
+                          stacklevel=3)
 
 
 def setup(out_dir: Path, experiment: str) -> str:
-    """Point MLflow at the store for ``out_dir`` and select ``experiment``; returns the URI."""
+    """Point MLflow at the store for ``out_dir``, select ``experiment`` (runs started with
+    :func:`start_run` go there) and replay a spool left by an earlier process; returns the URI."""
+    global _tracker, _uri_set_by_medcl
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    _credentials_from_file()
     uri = tracking_uri_for(out_dir)
+    location = None if _user_uri() else (Path(out_dir).resolve() / "mlartifacts").as_uri()
+    if not _user_uri():
+        _uri_set_by_medcl = uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        location = None if "MLFLOW_TRACKING_URI" in os.environ else (Path(out_dir).resolve() / "mlartifacts").as_uri()
-        mlflow.create_experiment(experiment, artifact_location=location)
-    mlflow.set_experiment(experiment)
+    spool = spool_path_for(out_dir)
+    if _tracker is None or _tracker.tracking_uri != uri or _tracker.spool_path != spool:
+        _tracker = Tracker(uri, spool, location)
+    _tracker.experiment = experiment
+    if _tracker.offline:
+        _tracker.maybe_replay(force=True)
+    if not _tracker.offline:
+        ok, _ = _tracker.online(lambda: _tracker._experiment_id(experiment, location), "experiment")
+        if ok:
+            mlflow.set_experiment(experiment)
     return uri
 
 
-def _safe(what: str, fn, *args, **kwargs) -> None:
-    if mlflow.active_run() is None:
-        return
+def tracker() -> Tracker | None:
+    return _tracker
+
+
+def current_run() -> RunHandle | None:
+    return _stack[-1] if _stack else None
+
+
+@contextmanager
+def start_run(run_name: str, tags: dict | None = None, nested: bool = False, experiment: str | None = None,
+              system_metrics: bool | None = None, log_environment: bool = True):
+    """A run in the experiment chosen by :func:`setup` (or ``experiment``); ``nested`` makes it a
+    child of the current run. Ends FINISHED, or FAILED (KILLED on Ctrl-C) if the block raises.
+    Logs the environment (tags + ``environment.json``) and, for top-level runs, system metrics
+    (off with ``system_metrics=False`` or ``MEDCL_SYSTEM_METRICS=false``)."""
+    if _tracker is None:
+        raise RuntimeError("medcl.tracking.setup(out_dir, experiment) must be called before start_run")
+    from medcl.tracking.environment import environment, environment_tags
+
+    parent = current_run() if nested else None
+    env = None
+    if log_environment:
+        try:
+            env = environment()
+        except Exception as exc:  # a broken driver or package metadata must not stop training
+            warnings.warn(f"environment not recorded: {type(exc).__name__}: {exc}", TrackingWarning, stacklevel=3)
+    all_tags = {"medcl.run_name": run_name, "mlflow.source.type": "LOCAL", "mlflow.source.name": "medcl",
+                **(environment_tags(env) if env else {}), **(tags or {})}
+    user = os.environ.get("USER") or os.environ.get("LOGNAME")
+    if user:
+        all_tags.setdefault("mlflow.user", user)
+    handle = _tracker.create_run(run_name, experiment or _tracker.experiment, all_tags, parent)
+    _stack.append(handle)
+    monitor = None
+    if system_metrics is None:
+        system_metrics = parent is None and os.environ.get("MEDCL_SYSTEM_METRICS", "true").lower() not in ("0", "false", "no")
+    if system_metrics:
+        from medcl.tracking.system_metrics import start_monitor
+
+        monitor = start_monitor(_tracker, handle)
+    status = "FINISHED"
     try:
-        fn(*args, **kwargs)
-    except Exception as exc:  # tracking must never stop training
-        if what not in _warned:
-            _warned.add(what)
-            warnings.warn(f"MLflow {what} failed, training goes on: {type(exc).__name__}: {exc}", stacklevel=3)
+        if env is not None:
+            _tracker.log_text(handle, json.dumps(env, indent=2), "environment.json")
+        yield handle
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        if monitor is not None:
+            monitor.finish()
+        _stack.remove(handle)
+        _tracker.end_run(handle, status)
 
 
-def log_metrics(metrics: dict[str, float], step: int) -> None:
-    _safe("log_metrics", mlflow.log_metrics, metrics, step=step)
+def _target(run: RunHandle | None) -> tuple[Tracker, RunHandle] | None:
+    """The tracker and run a call goes to: ``run``, the current medcl run, or a plain
+    ``mlflow.start_run()`` run (for code that manages its own runs)."""
+    global _tracker
+    run = run or current_run()
+    if run is not None and _tracker is not None:
+        return _tracker, run
+    active = mlflow.active_run()
+    if active is None:
+        return None
+    if _tracker is None or _tracker.tracking_uri != mlflow.get_tracking_uri():
+        _tracker = Tracker(mlflow.get_tracking_uri(), Path.cwd() / SPOOL_NAME)
+    handle = _tracker.handles.get(active.info.run_id)
+    if handle is None:
+        handle = RunHandle(active.info.run_id, active.info.run_name or "", "", run_id=active.info.run_id)
+        _tracker.handles[handle.local_id] = handle
+        _tracker.run_ids[handle.local_id] = handle.run_id
+    return _tracker, handle
 
 
-def log_params(params: dict) -> None:
-    _safe("log_params", mlflow.log_params, {k: str(v)[:500] for k, v in params.items()})
+def log_metrics(metrics: dict[str, float], step: int, run: RunHandle | None = None) -> None:
+    if (t := _target(run)) is not None:
+        t[0].log_batch(t[1], metrics=metrics, step=step)
 
 
-def log_artifact(path: Path, artifact_path: str | None = None) -> None:
-    _safe("log_artifact", mlflow.log_artifact, str(path), artifact_path)
+def log_params(params: dict, run: RunHandle | None = None) -> None:
+    if (t := _target(run)) is not None:
+        t[0].log_batch(t[1], params={k: str(v)[:500] for k, v in params.items()})
+
+
+def set_tags(tags: dict, run: RunHandle | None = None) -> None:
+    if (t := _target(run)) is not None:
+        t[0].log_batch(t[1], tags=tags)
+
+
+def log_text(text: str, artifact_file: str, run: RunHandle | None = None) -> None:
+    if (t := _target(run)) is not None:
+        t[0].log_text(t[1], text, artifact_file)
+
+
+def log_dict(obj: dict, artifact_file: str, run: RunHandle | None = None) -> None:
+    """As ``mlflow.log_dict``: YAML for ``.yaml``/``.yml`` files, else JSON."""
+    if artifact_file.endswith((".yaml", ".yml")):
+        import yaml
+
+        text = yaml.safe_dump(obj, sort_keys=False)
+    else:
+        text = json.dumps(obj, indent=2)
+    log_text(text, artifact_file, run)
+
+
+def log_artifact(path: Path, artifact_path: str | None = None, run: RunHandle | None = None) -> None:
+    if (t := _target(run)) is not None:
+        t[0].log_artifact(t[1], Path(path), artifact_path)
+
+
+def log_fewshot_evaluation(results: dict, params: dict | None = None) -> None:
+    """Episodic few-shot results (``encoder -> head -> K -> metrics``, as
+    :func:`medcl.fewshot.evaluate.evaluate_episodes` returns them) as one nested run per
+    encoder, head and shot count (params ``encoder``, ``head``, ``shots`` and ``params``;
+    metrics ``balanced_accuracy``, ``ci95_lo``/``ci95_hi``, ``accuracy`` and its CI), plus
+    ``ENC.HEAD.*`` curves with step K on the current run."""
+    for enc, heads in results.items():
+        for head, shots in heads.items():
+            for k, r in shots.items():
+                metrics = {"balanced_accuracy": r["balanced_accuracy"], "ci95_lo": r["ci95"][0], "ci95_hi": r["ci95"][1]}
+                if "accuracy" in r:
+                    metrics.update({"accuracy": r["accuracy"], "accuracy_ci95_lo": r["accuracy_ci95"][0],
+                                    "accuracy_ci95_hi": r["accuracy_ci95"][1]})
+                log_metrics({f"{enc}.{head}.{m}": v for m, v in metrics.items()}, int(k))
+                with start_run(f"{enc}/{head}/{k}-shot", nested=True, log_environment=False,
+                               tags={"medcl.encoder": enc, "medcl.head": head, "medcl.shots": str(k)}):
+                    log_params({"encoder": enc, "head": head, "shots": k, "n_episodes": r.get("n_episodes", ""),
+                                **(params or {})})
+                    log_metrics(metrics, int(k))

@@ -2,6 +2,8 @@
 
 Logged with ``python_model=<this file>``; its weights travel as a state-dict artifact that is
 loaded with ``weights_only=True``, so loading the model from the registry unpickles no code.
+Input: one column of scans (NIfTI paths, DICOM folders or 3D arrays), param ``spacing`` for
+arrays; output: one column ``h0..h{D-1}`` per feature.
 """
 
 import mlflow
@@ -15,8 +17,8 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
         self.meta = read_meta(context.artifacts["meta"])
         self.encoder = load_encoder(context.artifacts["weights"], self.meta)
 
-    def predict(self, context, model_input, params=None):
-        feats = embed_inputs(self.encoder, scan_inputs(model_input), self.meta)
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
+        feats = embed_inputs(self.encoder, scan_inputs(model_input), self.meta, (params or {}).get("spacing"))
         return pd.DataFrame(feats, columns=[f"h{i}" for i in range(feats.shape[1])])
 
 

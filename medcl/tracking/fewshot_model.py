@@ -1,7 +1,10 @@
 """MLflow model-from-code: the few-shot diagnosis model (scans -> class probabilities, label).
 
-The encoder weights (state dict) and the head (plain arrays in an ``.npz``) are artifacts;
-nothing is unpickled at load time.
+The encoder weights (state dict, loaded with ``weights_only=True``) and the head (plain arrays
+in an ``.npz``, loaded with ``allow_pickle=False``) are artifacts; nothing is unpickled at load
+time. Input: one column of scans (NIfTI paths, DICOM folders or 3D arrays in RAS voxel order),
+param ``spacing`` (mm) for arrays; output: one column per class with its probability, and
+``label``, the most probable class.
 """
 
 import mlflow
@@ -18,8 +21,8 @@ class FewShotModel(mlflow.pyfunc.PythonModel):
         self.encoder = load_encoder(context.artifacts["weights"], self.meta)
         self.head = LinearHead.load(context.artifacts["head"])
 
-    def predict(self, context, model_input, params=None):
-        feats = embed_inputs(self.encoder, scan_inputs(model_input), self.meta)
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
+        feats = embed_inputs(self.encoder, scan_inputs(model_input), self.meta, (params or {}).get("spacing"))
         probs = self.head.predict_proba(feats)
         out = pd.DataFrame(probs, columns=[str(c) for c in self.head.classes_])
         out["label"] = np.asarray(self.head.classes_)[probs.argmax(1)]

@@ -7,6 +7,7 @@ its whole-foreground view, exactly as few-shot evaluation did.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from medcl.models import Encoder
 
 def load_encoder(weights: str | Path, meta: dict) -> Encoder:
     """An encoder from a state-dict file; ``weights_only`` so no pickled code ever runs."""
-    enc = Encoder(meta["arch"], meta["conv1_t_stride"])
+    enc = Encoder(meta["arch"], meta["conv1_t_stride"], meta.get("widen_factor", 1.0))
     enc.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return enc.eval()
 
@@ -31,33 +32,72 @@ def read_meta(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def data_config(meta: dict) -> DataConfig:
+    """The model's preprocessing config; keys this version of medcl does not know are ignored
+    (a model registered by a newer medcl still loads), missing ones take their defaults."""
+    known = {f.name for f in dataclasses.fields(DataConfig)}
+    return DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["data"].items() if k in known})
+
+
+def _is_paths(value) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray)) and len(value) > 0 and \
+        all(isinstance(v, (str, Path)) for v in value)
+
+
 def scan_inputs(model_input) -> list:
-    """Normalise pyfunc input: a path, a list of paths, a DataFrame with a ``path`` column,
-    a dict ``{"path": [...]}``, or 3D arrays (already in RAS voxel order, ``spacing`` mm)."""
+    """Normalise pyfunc input to a list of scans, each a path (NIfTI file, DICOM file or
+    folder) or a 3D array (RAS voxel order). Accepted: a path, a list of paths or arrays, a
+    DataFrame whose first column (or ``path``/``scan`` column) holds them, a dict
+    ``{"scan": [...]}``, a 3D array."""
     import pandas as pd
 
     if isinstance(model_input, pd.DataFrame):
-        if "path" not in model_input.columns:
-            raise ValueError(f"input DataFrame needs a 'path' column, got {list(model_input.columns)}")
-        return model_input["path"].tolist()
-    if isinstance(model_input, dict):
-        return list(model_input.get("path", []))
-    if isinstance(model_input, (str, Path)):
-        return [model_input]
-    if isinstance(model_input, np.ndarray) and model_input.ndim == 3:
-        return [model_input]
-    return list(model_input)
+        col = next((c for c in ("scan", "path") if c in model_input.columns), None)
+        if col is None and len(model_input.columns) == 0:
+            values = []
+        else:
+            values = model_input[col if col is not None else model_input.columns[0]].tolist()
+    elif isinstance(model_input, dict):
+        values = model_input.get("scan", model_input.get("path"))
+        if values is None:
+            raise ValueError(f"input dict needs a 'scan' key, got {list(model_input)}")
+        values = [values] if isinstance(values, (str, Path)) else list(values)
+    elif isinstance(model_input, (str, Path)):
+        values = [model_input]
+    elif isinstance(model_input, np.ndarray) and model_input.ndim == 3:
+        values = [model_input]
+    else:
+        values = list(model_input)
+    items: list = []
+    for i, v in enumerate(values):
+        if isinstance(v, (str, Path)):
+            items.append(v)
+        elif _is_paths(v):  # {"scan": [a, b]} arrives from MLflow as one row holding the list
+            items.extend(v)
+        else:
+            arr = np.asarray(v, dtype=np.float32)
+            if arr.ndim != 3:
+                raise ValueError(f"input {i}: expected a NIfTI path, a DICOM folder or a 3D array, "
+                                 f"got {type(v).__name__} of shape {arr.shape}")
+            items.append(arr)
+    if not items:
+        raise ValueError("no scans given: pass NIfTI paths, DICOM folders or 3D arrays, e.g. "
+                         "model.predict(['scan.nii.gz']) or a DataFrame with one 'scan' column")
+    return items
 
 
-def embed_inputs(encoder: Encoder, items: list, meta: dict) -> np.ndarray:
-    """Representations of scans given as NIfTI paths or 3D arrays."""
-    data_cfg = DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["data"].items()})
+def embed_inputs(encoder: Encoder, items: list, meta: dict, spacing: float | None = None) -> np.ndarray:
+    """Representations of scans given as paths (NIfTI files, DICOM files or folders, read by
+    :func:`medcl.data.ingest.preprocess_file`) or 3D arrays in RAS voxel order with isotropic
+    voxels of ``spacing`` mm (default: the model's ``data.spacing``)."""
+    data_cfg = data_config(meta)
+    spacing = float(spacing) if spacing else float(data_cfg.spacing)
     views = []
     for item in items:
         if isinstance(item, (str, Path)):
             pre = preprocess_file(Path(item), data_cfg)
         else:
             arr = np.asarray(item, dtype=np.float32)
-            pre = preprocess(arr, np.diag([data_cfg.spacing] * 3 + [1.0]), data_cfg)
+            pre = preprocess(arr, np.diag([spacing] * 3 + [1.0]), data_cfg)
         views.append(eval_view(pre.image, pre.mask, meta["view_size"]))
     return embed_views(encoder, views)

@@ -1,0 +1,23 @@
+"""VICReg (Bardes et al., ICLR 2022): invariance, variance and covariance terms on the global
+batch."""
+
+from __future__ import annotations
+
+import torch
+
+from medcl.config import Config
+from medcl.losses import vicreg
+from medcl.ssl.base import Method, StepOutput
+from medcl.train.distributed import gather
+
+
+class VICReg(Method):
+    def __init__(self, cfg: Config):
+        super().__init__(cfg)
+        self.weights = cfg.train.vicreg_weights
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor, labels: torch.Tensor | None = None) -> StepOutput:
+        z1, z2 = self.project(v1, v2)
+        sim, var, cov = self.weights
+        loss = vicreg(gather(z1), gather(z2), sim, var, cov)
+        return StepOutput(loss, {}, z1.detach(), z2.detach())

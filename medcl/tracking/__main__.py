@@ -1,0 +1,44 @@
+"""``python -m medcl.tracking replay OUT/mlflow-spool.jsonl [--tracking-uri URI]``: send what a
+run spooled while MLflow was unreachable. The URI defaults to ``MLFLOW_TRACKING_URI``, else the
+sqlite store next to the spool (``OUT/mlflow.db``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m medcl.tracking")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("replay", help="send a spool file to MLflow")
+    r.add_argument("spool", help="the spool file, e.g. out/run/mlflow-spool.jsonl")
+    r.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else OUT/mlflow.db)")
+    args = p.parse_args(argv)
+
+    from medcl.tracking import _HTTP_DEFAULTS, _credentials_from_file, tracking_uri_for
+    from medcl.tracking.spool import Tracker
+
+    spool = Path(args.spool).resolve()
+    if not spool.exists():
+        print(f"{spool}: no such spool file (nothing to replay)", file=sys.stderr)
+        return 1
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    _credentials_from_file()
+    uri = args.tracking_uri or tracking_uri_for(spool.parent)
+    tracker = Tracker(uri, spool)   # each spooled create_run carries its own artifact location
+    n = len(tracker._read_spool())
+    if tracker.replay():
+        print(f"replayed {n} records from {spool} to {uri} ({tracker.dropped} refused by the server)")
+        return 0
+    print(f"{uri} is still unreachable; {tracker.pending()} records remain in {spool}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

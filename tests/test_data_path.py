@@ -1,0 +1,131 @@
+"""The batched data path: the cohort held once, every placement the same views, workers that
+only sample parameters and read bytes, and the same parameters as the MONAI path."""
+
+import numpy as np
+import pytest
+import torch
+
+from medcl.augment import sample_pair
+from medcl.config import AugmentConfig, load_config
+from medcl.data.cohort import Cohort
+from medcl.data.ingest import write_manifest
+from medcl.train.data import (BatchedPairs, PairJobs, VolumeStore, batched_batches, cache_files, choose_placement,
+                              epoch_shards)
+from medcl.train.loop import PairDataset
+
+CFG = AugmentConfig(view_size=16)
+
+
+@pytest.fixture(scope="module")
+def cohort(mni_scan, tmp_path_factory) -> Cohort:
+    """Eight scans of different shapes (trimmed, flipped, rescaled MNI at 3 mm) in cache format."""
+    root = tmp_path_factory.mktemp("cohort")
+    (root / "arrays").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(8):
+        lo = rng.integers(0, 3, 3)
+        hi = np.array(mni_scan.image.shape) - rng.integers(0, 3, 3)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        img, mask = mni_scan.image[box] * rng.uniform(0.8, 1.2), mni_scan.mask[box]
+        if i % 2:
+            img, mask = img[::-1].copy(), mask[::-1].copy()
+        key = f"scan-{i:04d}"
+        np.save(root / "arrays" / f"{key}.npy", img.astype(np.float16))
+        np.save(root / "arrays" / f"{key}.mask.npy", mask.astype(np.uint8))
+        rows.append({"scan_key": key, "subject_key": f"sub-{i:04d}", "label": ["a", "b", ""][i % 3],
+                     "split": "train", "shape": "x".join(map(str, img.shape)), "spacing": 3.0, "source_sha256": "-"})
+    write_manifest(root, rows)
+    return Cohort.load(root)
+
+
+def _run(pairs: BatchedPairs, shards, epoch=0):
+    out = [(v1.clone(), v2.clone(), y.clone(), pairs.history) for v1, v2, y in pairs.batches(shards, epoch)]
+    return out
+
+
+def test_placement_choice():
+    cpu, huge = torch.device("cpu"), 1 << 60
+    assert choose_placement("auto", 1 << 20, cpu) == "host"
+    assert choose_placement("auto", huge, cpu) == "stream"
+    assert choose_placement("device", 1 << 20, cpu) == "host"       # needs CUDA
+    assert choose_placement("pinned", 1 << 20, cpu) == "host"
+    assert choose_placement("stream", 1 << 20, cpu) == "stream"
+    with pytest.raises(ValueError, match="augment.cache"):
+        choose_placement("gpu", 1, cpu)
+    with pytest.raises(Exception, match="augment.cache"):
+        load_config(overrides=["augment.cache=gpu"])
+    with pytest.raises(Exception, match="augment.backend"):
+        load_config(overrides=["augment.backend=dali"])
+
+
+def test_store_holds_the_cache_exactly_once(cohort):
+    images, _ = cache_files(cohort)
+    arrays = [np.load(f) for f in images]
+    store = VolumeStore.from_arrays(arrays, "host", torch.device("cpu"))
+    assert store.flat.dtype == torch.float16 and store.nbytes == sum(a.nbytes for a in arrays)
+    for a, v in zip(arrays, store.volumes):
+        assert v.shape == a.shape and np.array_equal(v.numpy(), a)
+        assert v.untyped_storage().data_ptr() == store.flat.untyped_storage().data_ptr()
+
+
+def test_same_parameters_as_the_monai_path(cohort):
+    """Per (seed, epoch, scan) both backends draw the same view parameters."""
+    pairs = BatchedPairs.from_cohort(cohort, CFG, seed=3)
+    shards = epoch_shards(len(cohort), 4, seed=3, epoch=2)
+    for *_, job in _run(pairs, shards, epoch=2):
+        for i, pair in zip(job.indices, job.pairs):
+            assert pair == sample_pair(np.random.default_rng([3, 2, i]), cohort.mask(i), CFG)
+
+
+def test_every_placement_and_worker_count_gives_the_same_views(cohort):
+    shards = epoch_shards(len(cohort), 4, seed=0, epoch=1)
+    ref = _run(BatchedPairs.from_cohort(cohort, CFG, placement="host"), shards, epoch=1)
+    for placement, workers in (("stream", 0), ("host", 2), ("stream", 2)):
+        pairs = BatchedPairs.from_cohort(cohort, CFG, num_workers=workers, placement=placement)
+        assert pairs.placement == placement and (pairs.store is None) == (placement == "stream")
+        got = _run(pairs, shards, epoch=1)
+        assert len(got) == len(ref) == 2
+        for (a1, a2, ay, aj), (b1, b2, by, bj) in zip(ref, got):
+            assert aj.indices == bj.indices and aj.pairs == bj.pairs and torch.equal(ay, by)
+            assert torch.allclose(a1, b1, atol=1e-4) and torch.allclose(a2, b2, atol=1e-4)
+        pairs.close()
+
+
+def test_views_labels_and_epochs(cohort):
+    pairs = BatchedPairs.from_cohort(cohort, CFG, seed=0)
+    shards = epoch_shards(len(cohort), 4, seed=0, epoch=0)
+    (v1, v2, y, job), _ = _run(pairs, shards, epoch=0)
+    assert v1.shape == v2.shape == (4, 1, 16, 16, 16) and not torch.allclose(v1, v2)
+    names = ["a", "b"]
+    assert y.tolist() == [names.index(cohort.rows[i]["label"]) if cohort.rows[i]["label"] else -1 for i in job.indices]
+    (w1, *_), _ = _run(pairs, shards, epoch=1)
+    assert not torch.allclose(v1, w1)                       # another epoch, other views
+
+
+def test_workers_read_masks_not_images(cohort):
+    """What a worker returns: parameters, and only in stream mode the crop regions (fp16)."""
+    images, masks = cache_files(cohort)
+    resident = PairJobs(CFG, 0, mask_files=masks)[(0, [0, 1])]
+    assert resident.regions is None and len(resident.pairs) == 2
+    streamed = PairJobs(CFG, 0, mask_files=masks, image_files=images)[(0, [0, 1])]
+    for region, origin, pair in zip(streamed.regions, streamed.origins, streamed.pairs):
+        assert region.dtype == torch.float16
+        for p in pair:   # the region holds both crops and no more
+            assert all(origin[a] <= p.crop_start[a] and p.crop_start[a] + p.crop_size[a] <= origin[a] + region.shape[a]
+                       for a in range(3))
+        assert region.numel() < np.load(images[streamed.indices[0]], mmap_mode="r").size * 1.01
+
+
+def test_loop_hook_holds_the_cohort_once(cohort):
+    """The loop's PairDataset through the batched backend: views from one store, and the
+    dataset's arrays become views of that store (no second copy in host memory)."""
+    cfg = load_config(overrides=["augment.view_size=16"])
+    dataset = PairDataset(cohort, cfg.augment, seed=0)
+    shards = epoch_shards(len(dataset), 4, seed=0, epoch=0)
+    out = list(batched_batches(dataset, shards, 0, 0, torch.device("cpu")))
+    store = dataset._batched_pairs.store
+    assert len(out) == 2 and out[0][0].shape == (4, 1, 16, 16, 16)
+    assert all(np.shares_memory(a, store.flat.numpy()) for a in dataset.images)
+    again = list(batched_batches(dataset, shards, 0, 0, torch.device("cpu")))
+    assert dataset._batched_pairs.store is store and torch.equal(out[0][0], again[0][0])
