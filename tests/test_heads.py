@@ -270,3 +270,36 @@ def test_logistic_head_chooses_C_by_loso_when_shots_allow():
     assert one_shot.C_ == 2.0
     with pytest.raises(ValueError, match="single subject"):
         loso_select_C(X[None, [0, 3, 6]], yi[None, [0, 3, 6]], np.arange(3)[None], 3, (1.0,))
+
+
+# --- every head vectorised over episodes == the same head fitted episode by episode -------------
+
+from medcl.fewshot.batched import predict_episodes  # noqa: E402
+from medcl.fewshot.episodes import sample_episode_batch  # noqa: E402
+
+
+@pytest.mark.parametrize("head,make", [
+    ("prototype", lambda: PrototypeHead()),
+    ("prototype_euclidean", lambda: PrototypeHead(metric="euclidean")),
+    ("knn", lambda: KNNHead(k=3)),
+    ("logreg", lambda: LogisticHead(C=None, Cs=(0.1, 1.0, 10.0, 100.0))),
+])
+def test_batched_heads_equal_the_per_episode_heads(head, make):
+    rng = np.random.default_rng(4)
+    labels = np.repeat(np.array(["AD", "CN", "MCI", "FTD"]), [7, 9, 8, 10])
+    subjects = np.arange(len(labels))
+    X = rng.normal(size=(len(labels), 24)) + 1.5 * np.eye(4, 24)[np.unique(labels, return_inverse=True)[1]] + 3.0
+    batch = sample_episode_batch(labels, subjects, 3, 4, 12 if head == "logreg" else 60, seed=1, n_way=3)
+    proba = predict_episodes(X, batch, head, subjects, {"knn_k": 3})
+    for e in range(batch.n_episodes):
+        s, q = batch.support[e], batch.query[e][batch.query[e] >= 0]
+        ref = make().fit(X[s], labels[s])
+        cols = np.searchsorted(batch.class_names, ref.classes_)
+        expected = ref.predict_proba(X[q])
+        if head == "logreg":      # the same C; scikit-learn solved as tightly as medcl's Newton solver
+            tight = LogisticRegression(C=ref.C_, tol=1e-10, max_iter=10_000).fit(ref._features(X[s]), labels[s])
+            expected = tight.predict_proba(ref._features(X[q]))
+        np.testing.assert_allclose(proba[e, : len(q)][:, cols], expected, atol=1e-6)
+        assert proba[e, : len(q)].sum(1) == pytest.approx(1.0)
+        others = np.setdiff1d(np.arange(4), batch.classes[e])
+        assert (proba[e][:, others] == 0).all() and (proba[e, len(q):] == 0).all()

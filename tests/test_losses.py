@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml
 from pytorch_metric_learning.distances import DotProductSimilarity
 

@@ -103,10 +103,6 @@ def test_saved_data_renders_the_same_report(report, report_data, tmp_path):
     assert _sections(again.read_text()).keys() == _sections(report.read_text()).keys()
     strip = lambda h: re.sub(r"data:image/png;base64,[^']*", "", h)          # noqa: E731 (PNG bytes may differ)
     assert strip(again.read_text()) == strip(report.read_text())
-    assert main(["report", str(tmp_path / "data"), "--out", str(tmp_path / "cli"), "--no-pdf"]) == 0
-    assert (tmp_path / "cli" / "report.html").exists()
-    (tmp_path / "bad").mkdir()
-    assert main(["report", str(tmp_path / "bad"), "--no-pdf"]) == 2
 
 
 def test_a_section_without_data_is_left_out_not_left_empty(report_data, tmp_path):
@@ -114,8 +110,12 @@ def test_a_section_without_data_is_left_out_not_left_empty(report_data, tmp_path
 
     bare = dataclasses.replace(report_data, budget={}, embeddings={}, losses=[], montage=[], notes=[], rocs={},
                                reliability={}, scratch={}, ceiling={}, paired=[], model_card={}, method=[])
-    sections = _sections(render_report(bare, tmp_path / "bare.html").read_text())
+    save_report_data(bare, tmp_path / "bare" / "report_data")         # as `medcl fewshot` leaves it
+    assert main(["report", str(tmp_path / "bare"), "--no-pdf"]) == 0     # `medcl report DIR`
+    sections = _sections((tmp_path / "bare" / "report.html").read_text())
     assert list(sections) == ["summary", "cohort", "curves", "metrics", "confusion", "sensitivity", "config"]
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "--no-pdf"]) == 2   # one-line error, no traceback
 
 
 @needs_browser

@@ -52,9 +52,10 @@ def episode_blocks(G: np.ndarray, support: np.ndarray, query: np.ndarray, centre
     ``(E, Q)`` (squared) of the features centred by each episode's support mean (if ``centre``)
     and L2-normalised (if ``normalise``). Padded queries (``-1``) read scan 0; mask them."""
     q = np.where(query < 0, 0, query)
-    gss = G[support[:, :, None], support[:, None, :]]
-    gqs = G[q[:, :, None], support[:, None, :]]
-    gqq = G[q, q]
+    flat, n = G.ravel(), len(G)                       # 1-D takes: several times faster than 2-D fancy indexing
+    gss = np.take(flat, support[:, :, None] * n + support[:, None, :])
+    gqs = np.take(flat, q[:, :, None] * n + support[:, None, :])
+    gqq = np.take(flat, q * (n + 1))
     if centre:
         a_s, a_q, mu = gss.mean(2), gqs.mean(2), gss.mean((1, 2))
         gss = gss - a_s[:, :, None] - a_s[:, None, :] + mu[:, None, None]

@@ -117,17 +117,19 @@ def _prepared(p: EpisodePredictions, n_subjects: int) -> dict:
 
     All metrics are ratios of sums over (episode, query) predictions, and a bootstrap replicate
     only reweights subjects, so a replicate is a product of its subject weights with these
-    per-subject sums: ``(S, ...)`` arrays for per-query sums, ``(C, S, S)`` for the AUC's
-    positive-negative pairs (``[s, t]``: positives of subject ``s`` against negatives of ``t``
-    in the same episode)."""
+    per-subject sums: ``(S, ...)`` arrays for per-query sums, and per class a sparse ``(S, S)``
+    matrix for the AUC's positive-negative pairs (``[s, t]``: positives of subject ``s`` against
+    negatives of ``t`` in the same episode)."""
     S = n_subjects
     q = _query_arrays(p)
     mask = p.mask
     Y, pred = q["Y"], q["pred"]
     subj = np.where(mask, p.subject, 0)
-    onehot_s = np.zeros((mask.size, S))
-    onehot_s[np.arange(mask.size), subj.ravel()] = mask.ravel()
-    per = lambda a: onehot_s.T @ a.reshape(mask.size, -1)                               # noqa: E731  (S, k)
+    flat_s, flat_m = subj.ravel(), mask.ravel().astype(float)
+
+    def per(a):                                                                          # (S, k) sums per subject
+        a = a.reshape(mask.size, -1) * flat_m[:, None]
+        return np.stack([np.bincount(flat_s, weights=a[:, j], minlength=S) for j in range(a.shape[1])], 1)
     conf = np.where(mask, p.proba.max(-1), 0.0)
     correct = (pred * Y).sum(-1)
     bins = np.minimum((conf * N_BINS).astype(int), N_BINS - 1)
@@ -138,16 +140,21 @@ def _prepared(p: EpisodePredictions, n_subjects: int) -> dict:
            "negmask": per((1 - Y) * inep), "trueneg": per((1 - Y) * (1 - pred) * inep)}
     # AUC: within-episode positive-negative pairs, summed per (subject, subject)
     C = len(p.class_names)
-    key = (subj[:, :, None] * S + subj[:, None, :]).ravel()
-    num, den = np.zeros((C, S, S)), np.zeros((C, S, S))
+    from scipy import sparse
+
+    shape = subj.shape + subj.shape[1:]
+    si, sj = np.broadcast_to(subj[:, :, None], shape), np.broadcast_to(subj[:, None, :], shape)
+    num, den = [], []
     for c in range(C):
         sc = p.proba[..., c]
         diff = sc[:, :, None] - sc[:, None, :]
         pos = Y[..., c] * p.in_episode[:, None, c]
         neg = (1 - Y[..., c]) * mask * p.in_episode[:, None, c]
-        pair = (pos[:, :, None] * neg[:, None, :]).ravel()
-        num[c] = np.bincount(key, weights=pair * ((diff > 0) + 0.5 * (diff == 0)).ravel(), minlength=S * S).reshape(S, S)
-        den[c] = np.bincount(key, weights=pair, minlength=S * S).reshape(S, S)
+        pair = pos[:, :, None] * neg[:, None, :]
+        keep = pair > 0                                   # only pairs that met in an episode: sparse
+        r, q = si[keep], sj[keep]
+        num.append(sparse.csr_matrix((((diff > 0) + 0.5 * (diff == 0))[keep], (r, q)), shape=(S, S)))
+        den.append(sparse.csr_matrix((pair[keep], (r, q)), shape=(S, S)))
     agg["auc_num"], agg["auc_den"] = num, den
     return agg
 
@@ -169,8 +176,8 @@ def _scores(agg: dict, W: np.ndarray) -> dict:
         n, tp, pp, total = W @ agg["n"], W @ agg["tp"], W @ agg["pp"], W @ agg["total"]
         recall = np.where(n > 0, tp / n, np.nan)
         f1 = np.where(n + pp > 0, 2 * tp / (n + pp), np.nan)
-        num = np.einsum("bs,cst,bt->bc", W, agg["auc_num"], W)
-        den = np.einsum("bs,cst,bt->bc", W, agg["auc_den"], W)
+        num = np.stack([((m.T @ W.T).T * W).sum(1) for m in agg["auc_num"]], 1)          # W M W^T per class
+        den = np.stack([((m.T @ W.T).T * W).sum(1) for m in agg["auc_den"]], 1)
         return {"accuracy": tp.sum(1) / total, "balanced_accuracy": _nanmean(recall, -1),
                 "macro_f1": _nanmean(f1, -1), "auc": _nanmean(np.where(den > 0, num / den, np.nan), -1),
                 "brier": (W @ agg["sq"]) / total, "ece": np.abs(W @ agg["gap"]).sum(-1) / total,
