@@ -46,4 +46,5 @@ def tsne_map(features: np.ndarray, seed: int = 0) -> np.ndarray:
     if len(Z) < 4:
         return np.c_[np.arange(len(Z), dtype=float), np.zeros(len(Z))]
     perplexity = float(max(1.0, min(30.0, (len(Z) - 1) / 3)))
-    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed, max_iter=500).fit_transform(Z)
+    method = "exact" if len(Z) <= 500 else "barnes_hut"     # exact is faster on the small cohorts here
+    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed, max_iter=500, method=method).fit_transform(Z)

@@ -154,6 +154,7 @@ def reliability_figure(bins: dict) -> str:
         ax2.step(centres, counts / max(counts.sum(), 1), where="mid", color="#dd8452", lw=1, label="fraction of predictions")
         ax2.set_ylim(0, 1)
         ax2.tick_params(labelsize=7)
+        ax2.set_ylabel("fraction of predictions", fontsize=7, color="#dd8452")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("confidence (top-class probability)")
