@@ -1,4 +1,6 @@
-"""Peak host memory of the training data path with 0 and 4 loader workers, for both backends.
+"""Peak host memory of the training data path with 0 and 4 loader workers, for both backends
+(``batched`` with its default thread workers and with worker processes; ``monai``, whose
+workers are processes).
 
 Each configuration runs in a fresh process that does what the loop does (``PairDataset`` over
 the cohort, then batches of view pairs: ``augment.backend: batched`` through the loop's hook
@@ -49,7 +51,7 @@ def child(args) -> None:
     dataset = PairDataset(cohort, cfg, seed=0)
     shards = epoch_shards(len(dataset), args.pairs, 0, 0)[:args.batches]
     if args.backend == "batched":
-        batches = batched_batches(dataset, shards, 0, args.workers, torch.device("cpu"))
+        batches = batched_batches(dataset, shards, 0, args.workers, torch.device("cpu"), args.worker_kind)
     else:
         batches = DataLoader(dataset, batch_sampler=shards, num_workers=args.workers)
     n = 0
@@ -59,11 +61,12 @@ def child(args) -> None:
                       "masks_mb": sum(np.asarray(m).nbytes for m in dataset.masks) / 2**20}))
 
 
-def measure(args, backend: str, workers: int) -> dict:
+def measure(args, backend: str, workers: int, kind: str) -> dict:
     import psutil
 
     cmd = [sys.executable, __file__, "--child", "--cohort", args.cohort, "--backend", backend, "--workers",
-           str(workers), "--view-size", str(args.view_size), "--pairs", str(args.pairs), "--batches", str(args.batches)]
+           str(workers), "--worker-kind", kind, "--view-size", str(args.view_size), "--pairs", str(args.pairs),
+           "--batches", str(args.batches)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     root = psutil.Process(proc.pid)
     peak_rss = peak_pss = peak_procs = 0
@@ -86,7 +89,7 @@ def measure(args, backend: str, workers: int) -> dict:
     if proc.returncode:
         raise SystemExit(f"{backend} with {workers} workers failed (exit {proc.returncode})")
     res = json.loads(out.strip().splitlines()[-1])
-    return {"backend": backend, "workers": workers, "processes": peak_procs, "peak_rss_mb": peak_rss / 2**20,
+    return {"backend": backend, "kind": kind, "workers": workers, "processes": peak_procs, "peak_rss_mb": peak_rss / 2**20,
             "peak_pss_mb": peak_pss / 2**20, **res}
 
 
@@ -98,6 +101,7 @@ def main() -> None:
     ap.add_argument("--spacing", type=float, default=2.0)
     ap.add_argument("--backend", default="batched")
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--worker-kind", default="thread", help="batched backend: thread or process")
     ap.add_argument("--view-size", type=int, default=32)
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--batches", type=int, default=12)
@@ -117,23 +121,24 @@ def main() -> None:
     print(f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; load average "
           f"{info['load_average_1min']:.1f}\ncohort: {summary}")
     rows = []
-    for backend in ("batched", "monai"):
+    contenders = (("batched", "thread"), ("batched", "process"), ("monai", "process"))
+    for backend, kind in contenders:
         for workers in (0, 4):
-            runs = [measure(args, backend, workers) for _ in range(args.repeat)]
+            runs = [measure(args, backend, workers, kind) for _ in range(args.repeat)]
             med = sorted(runs, key=lambda r: r["peak_pss_mb"])[len(runs) // 2]
             row = {**med, "peak_rss_mb": sorted(r["peak_rss_mb"] for r in runs)[len(runs) // 2],
                    "runs_rss_mb": [round(r["peak_rss_mb"]) for r in runs],
                    "runs_pss_mb": [round(r["peak_pss_mb"]) for r in runs]}
             rows.append(row)
-            print(f"  {backend} workers={workers}: peak RSS {row['peak_rss_mb']:.0f} MB, PSS {row['peak_pss_mb']:.0f} MB "
+            print(f"  {backend} ({kind}) workers={workers}: peak RSS {row['peak_rss_mb']:.0f} MB, PSS {row['peak_pss_mb']:.0f} MB "
                   f"(runs RSS {row['runs_rss_mb']}, PSS {row['runs_pss_mb']})", flush=True)
     ratios = {}
-    for backend in ("batched", "monai"):
-        r0, r4 = [r for r in rows if r["backend"] == backend]
+    for backend, kind in contenders:
+        r0, r4 = [r for r in rows if r["backend"] == backend and r["kind"] == kind]
         for key in ("peak_rss_mb", "peak_pss_mb"):
-            ratios[f"{backend} {key[5:8].upper()} 4 workers / 0"] = r4[key] / r0[key]
+            ratios[f"{backend} ({kind} workers) {key[5:8].upper()} 4 workers / 0"] = r4[key] / r0[key]
     print()
-    print(table(rows, [("backend", "backend", "s"), ("workers", "workers", "d"), ("processes", "processes", "d"),
+    print(table(rows, [("backend", "backend", "s"), ("kind", "workers are", "s"), ("workers", "workers", "d"), ("processes", "processes", "d"),
                        ("cache_mb", "cohort MB", ".0f"), ("masks_mb", "masks MB", ".0f"),
                        ("peak_rss_mb", "peak RSS MB", ".0f"), ("peak_pss_mb", "peak PSS MB", ".0f")]))
     for k, v in ratios.items():

@@ -103,7 +103,8 @@ class TrainConfig:
     pos_margin: float = 0.0          # margin (contrastive margin on pairs): positives pulled within this distance
     neg_margin: float = 1.0          # ... negatives pushed beyond this one
     npair_l2_reg: float = 0.002      # npair: L2 penalty on the (unnormalised) embeddings
-    num_workers: int = 1
+    num_workers: int = 1             # loader workers (batched: draw view parameters, read bytes; monai: make views)
+    worker_kind: str = "thread"      # batched backend: thread (no extra process, no extra memory) | process
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda
     threads: int = 0                 # torch CPU threads; 0 = torch's default
@@ -284,6 +285,8 @@ def _validate(cfg: Config) -> None:
         (cfg.train.epochs >= 1, "train.epochs", "must be >= 1"),
         (cfg.train.batch_size >= 2, "train.batch_size", "must be >= 2 (contrastive losses need negatives)"),
         (cfg.train.lr > 0, "train.lr", "must be > 0"),
+        (cfg.train.num_workers >= 0, "train.num_workers", "must be >= 0"),
+        (cfg.train.worker_kind in ("thread", "process"), "train.worker_kind", "must be thread or process"),
         (cfg.train.temperature > 0, "train.temperature", "must be > 0"),
         (cfg.train.method in _method_names(), "train.method", f"must be one of {', '.join(_method_names())}"),
         (cfg.train.optimizer in ("adamw", "sgd", "lars"), "train.optimizer", "must be adamw, sgd or lars"),

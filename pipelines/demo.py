@@ -45,7 +45,8 @@ def run_demo(cfg: Config, out: Path, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
-    src = make_demo_sources(out / "demo_src", cfg.demo.n_subjects, cfg.demo.seed, cfg.data.spacing)
+    src = make_demo_sources(out / "demo_src", cfg.demo.n_subjects, cfg.demo.seed, cfg.data.spacing,
+                            workers=cfg.data.workers)
     timings["simulate"] = time.perf_counter() - t0
     res = ingest([src.nifti_dir], out / "cohort", cfg.data, labels_csv=src.labels_csv,
                  test_fraction=0.5, split_seed=cfg.demo.seed, progress=progress)

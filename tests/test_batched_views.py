@@ -81,8 +81,23 @@ def test_intensity_steps_are_monais(mni_scan):
         assert any(getattr(p, field) for p in params) and not all(getattr(p, field) for p in params), field
     x = torch.stack([resample_view(mni_scan.image, p, 24)[0] for p in params])
     ref = torch.stack([intensity_view(v[None], p)[0] for v, p in zip(x, params)])
-    out = intensity_views(x.clone(), params)
-    assert float((out - ref).abs().max()) < 1e-4
+    for fused in (True, False):      # the CPU's fused numba passes, and the torch operations of a GPU
+        out = intensity_views(x.clone(), params, fused=fused)
+        assert float((out - ref).abs().max()) < 1e-4, fused
+
+
+def test_noise_draws_are_the_monai_paths_in_any_number_of_threads(mni_scan):
+    from medcl.augment.batched import draw_noise
+
+    params = [p for p in _flat(_pairs(mni_scan.mask, ALL_ON, 5, seed=4))]
+    params[3] = dataclasses.replace(params[3], noise_std=0.0)
+    one, rows = draw_noise(params, 24, threads=1)
+    two, rows2 = draw_noise(params, 24, threads=2)
+    assert rows == rows2 and rows[3] == -1 and len(one) == len(params) - 1 and torch.equal(one, two)
+    for p, r in zip(params, rows):
+        if r >= 0:
+            ref = torch.randn((1, 24, 24, 24), generator=torch.Generator().manual_seed(p.noise_seed))
+            assert torch.equal(one[r:r + 1], ref)
 
 
 def test_two_stage_views_are_monais_on_a_real_scan(mni_scan):

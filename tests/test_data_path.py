@@ -81,8 +81,9 @@ def test_same_parameters_as_the_monai_path(cohort):
 def test_every_placement_and_worker_count_gives_the_same_views(cohort):
     shards = epoch_shards(len(cohort), 4, seed=0, epoch=1)
     ref = _run(BatchedPairs.from_cohort(cohort, CFG, placement="host"), shards, epoch=1)
-    for placement, workers in (("stream", 0), ("host", 2), ("stream", 2)):
-        pairs = BatchedPairs.from_cohort(cohort, CFG, num_workers=workers, placement=placement)
+    for placement, workers, kind in (("stream", 0, "thread"), ("host", 2, "thread"), ("stream", 2, "thread"),
+                                     ("host", 2, "process"), ("stream", 2, "process")):
+        pairs = BatchedPairs.from_cohort(cohort, CFG, num_workers=workers, placement=placement, worker_kind=kind)
         assert pairs.placement == placement and (pairs.store is None) == (placement == "stream")
         got = _run(pairs, shards, epoch=1)
         assert len(got) == len(ref) == 2
@@ -129,3 +130,24 @@ def test_loop_hook_holds_the_cohort_once(cohort):
     assert all(np.shares_memory(a, store.flat.numpy()) for a in dataset.images)
     again = list(batched_batches(dataset, shards, 0, 0, torch.device("cpu")))
     assert dataset._batched_pairs.store is store and torch.equal(out[0][0], again[0][0])
+
+
+def test_thread_workers_start_no_process_and_keep_order(cohort):
+    """Thread workers: no child process, batches in the sampler's order over several epochs
+    (prefetch runs ahead of the consumer), the pool reused across epochs and stopped by close()."""
+    import threading
+
+    import psutil
+
+    before = set(psutil.Process().children(recursive=True))
+    pairs = BatchedPairs.from_cohort(cohort, CFG, num_workers=2, worker_kind="thread")
+    for epoch in range(3):
+        shards = [[i % len(cohort), (i + 1) % len(cohort)] for i in range(epoch, epoch + 11)]
+        got = _run(pairs, shards, epoch=epoch)
+        assert [j.indices for *_, j in got] == shards
+        assert set(psutil.Process().children(recursive=True)) == before
+    assert any(t.name.startswith("medcl-jobs") for t in threading.enumerate())
+    pairs.close()
+    assert not any(t.name.startswith("medcl-jobs") and t.is_alive() for t in threading.enumerate())
+    with pytest.raises(ValueError, match="train.worker_kind"):
+        BatchedPairs.from_cohort(cohort, CFG, worker_kind="fibre")

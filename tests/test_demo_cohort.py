@@ -44,7 +44,9 @@ def test_template_comes_from_nilearn_package_data(tpl):
 
 
 def test_same_seed_same_bytes_other_seed_differs(cohort, tmp_path):
-    again = demo.make_demo_sources(tmp_path / "b", n_subjects=N, seed=0, spacing=SPACING)
+    """Same seed, same voxels, whether one process simulates the cohort (``again``) or one
+    forked process per core does (the fixture's ``cohort``, the default)."""
+    again = demo.make_demo_sources(tmp_path / "b", n_subjects=N, seed=0, spacing=SPACING, workers=1)
     other = demo.make_demo_sources(tmp_path / "c", n_subjects=N, seed=1, spacing=SPACING)
     for row in _rows(cohort):
         a = np.asarray(_load(cohort, row["subject"]).dataobj)

@@ -1,11 +1,21 @@
-"""CPU kernel of the batched path's affine stage (numba): trilinear samples of resized views
-under MONAI ``Affine``'s map with border padding, the coordinates computed on the fly.
+"""CPU kernels of the batched path (numba).
+
+The affine stage: trilinear samples of resized views under MONAI ``Affine``'s map with border
+padding, the coordinates computed on the fly.
 
 PyTorch's CPU ``grid_sample`` in 3-D is a scalar loop over a precomputed grid; this kernel
 fuses the grid and the interpolation and runs views x slices in parallel (4-5x faster on the
 2-core development machine, bench/augment.py). It computes what ``grid_sample`` computes
 (``align_corners=False``, border padding) for the grid of :class:`monai.transforms.Affine`:
 output voxel ``o`` samples ``clamp(A (o - h) + h, 0, S - 1)``, ``h = (S - 1) / 2``, per axis.
+
+The intensity stage: the MONAI path's chain (:func:`medcl.augment.views.intensity_view`) in a
+few passes per view instead of one memory pass per operation, views in parallel: ``minmax``;
+(gamma: torch's vectorised ``pow``, faster than numba's scalar one); ``contrast_bias`` (the
+field as a product of three S x S tables: no exponential per voxel); after the optional
+k-space artefacts, ``intensity_tail`` (noise added, separable Gaussian blur with zero padding,
+z-score). The noise itself comes from torch's generator (the MONAI path's very numbers), drawn
+by the caller.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
 
-@numba.njit(parallel=True, cache=True, boundscheck=False)
+@numba.njit(parallel=True, cache=True, boundscheck=False, nogil=True)
 def _kernel(src: np.ndarray, mats: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     v_n, s = src.shape[0], src.shape[1]
     h = (s - 1) / 2.0
@@ -55,11 +65,158 @@ def _kernel(src: np.ndarray, mats: np.ndarray, out: np.ndarray) -> None:  # prag
                 out[v, i, j, k] = c0 * (1 - fx) + c1 * fx
 
 
+def set_threads(threads: int) -> None:
+    """Cap numba's threads (``threads`` > 0; by default all)."""
+    if threads > 0:
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
 def affine_trilinear(src: np.ndarray, mats: np.ndarray, out: np.ndarray, threads: int = 0) -> None:
     """``out[v] = src[v]`` resampled under ``mats[v]`` (rows and columns d, h, w), all (V, S, S, S)
     float32 C-contiguous; ``threads`` > 0 caps numba's threads (torch's count, by default all)."""
     if not (src.flags.c_contiguous and out.flags.c_contiguous and src.dtype == out.dtype == np.float32):
         raise ValueError("affine_trilinear: src and out must be C-contiguous float32 arrays")
-    if threads > 0:
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    set_threads(threads)
     _kernel(src, np.ascontiguousarray(mats, dtype=np.float64), out)
+
+
+@numba.njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+def _minmax(x, rho):  # pragma: no cover - compiled
+    v_n, n = x.shape
+    for v in numba.prange(v_n):
+        row = x[v]
+        lo, hi = row[0], row[0]
+        for i in range(n):
+            lo = min(lo, row[i])
+            hi = max(hi, row[i])
+        d = max(hi - lo, np.float32(1e-6))
+        for i in range(n):
+            row[i] = (row[i] - lo) / d
+        rho[v] = (hi - lo) / d
+
+
+def minmax(x: np.ndarray) -> np.ndarray:
+    """In place on (V, N) float32 views: ``(x - min) / max(max - min, 1e-6)``; returns each view's
+    range after it, ``rho`` (1 unless the view is flat)."""
+    rho = np.empty(len(x), np.float32)
+    _minmax(x, rho)
+    return rho
+
+
+@numba.njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+def _contrast_bias(x, contrast, bias, t, t2mean):  # pragma: no cover - compiled
+    v_n, n = x.shape
+    s = t.shape[0]
+    for v in numba.prange(v_n):
+        row = x[v]
+        c = contrast[v]
+        if c != 1.0:
+            total = 0.0
+            for i in range(n):
+                total += row[i]
+            m = np.float32(total / n)
+            cf = np.float32(c)
+            for i in range(n):
+                row[i] = (row[i] - m) * cf + m
+        b = bias[v]
+        if b[1] != 0 or b[2] != 0 or b[3] != 0 or b[4] != 0 or b[5] != 0 or b[6] != 0 or b[7] != 0 \
+                or b[8] != 0 or b[9] != 0:
+            # exp(c . (basis - mean basis)): over a symmetric grid the means of x, y, z, xy, xz, yz
+            # are 0 and those of x^2, y^2, z^2 are t2mean, and the constant term cancels; the
+            # exponential of the sum is a product of three S x S tables (d-h, d-w, h-w terms)
+            dh = np.empty((s, s), np.float32)
+            dw = np.empty((s, s), np.float32)
+            hw = np.empty((s, s), np.float32)
+            for i in range(s):
+                for j in range(s):
+                    dh[i, j] = np.exp(b[1] * t[i] + b[4] * (t[i] * t[i] - t2mean)
+                                      + b[2] * t[j] + b[5] * (t[j] * t[j] - t2mean) + b[7] * t[i] * t[j])
+                    dw[i, j] = np.exp(b[3] * t[j] + b[6] * (t[j] * t[j] - t2mean) + b[8] * t[i] * t[j])
+                    hw[i, j] = np.exp(b[9] * t[i] * t[j])
+            vol = row.reshape((s, s, s))
+            for i in range(s):
+                for j in range(s):
+                    a = dh[i, j]
+                    for k in range(s):
+                        vol[i, j, k] *= a * dw[i, k] * hw[j, k]
+
+
+def contrast_bias(x: np.ndarray, contrast, bias) -> None:
+    """In place on (V, S^3) float32 views: ``(x - mean) * contrast + mean`` (contrast 1: skipped),
+    then times the bias field ``exp(c . (basis - mean basis))`` of :func:`medcl.augment.views.bias_field`
+    (all coefficients 0: skipped)."""
+    s = round(x.shape[1] ** (1 / 3))
+    t = np.linspace(-1, 1, s)
+    _contrast_bias(x, np.asarray(contrast, np.float64), np.asarray(bias, np.float64), t, float(np.mean(t ** 2)))
+
+
+@numba.njit(cache=True, boundscheck=False, nogil=True)
+def _blur(vol, tmp, w):  # pragma: no cover - compiled
+    """Separable zero-padded correlation of an (S, S, S) volume with ``w`` along axes 0, 1, 2,
+    in place (``tmp``: scratch of the same shape)."""
+    s = vol.shape[0]
+    p = (w.shape[0] - 1) // 2
+    tmp[:] = 0
+    for i in range(s):                       # axis 0 -> tmp
+        for j in range(w.shape[0]):
+            q = i + j - p
+            if 0 <= q < s:
+                wj = w[j]
+                for a in range(s):
+                    for b in range(s):
+                        tmp[i, a, b] += wj * vol[q, a, b]
+    vol[:] = 0
+    for i in range(s):                       # axis 1 -> vol
+        for a in range(s):
+            for j in range(w.shape[0]):
+                q = a + j - p
+                if 0 <= q < s:
+                    wj = w[j]
+                    for b in range(s):
+                        vol[i, a, b] += wj * tmp[i, q, b]
+    for i in range(s):                       # axis 2 -> tmp -> vol
+        for a in range(s):
+            for b in range(s):
+                acc = np.float32(0.0)
+                for j in range(w.shape[0]):
+                    q = b + j - p
+                    if 0 <= q < s:
+                        acc += w[j] * vol[i, a, q]
+                tmp[i, a, b] = acc
+    vol[:] = tmp
+
+
+@numba.njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+def _tail(x, noise, noise_row, noise_std, blur, blur_len, s):  # pragma: no cover - compiled
+    v_n, n = x.shape
+    for v in numba.prange(v_n):
+        row = x[v]
+        if noise_row[v] >= 0:
+            nz = noise[noise_row[v]]
+            a = np.float32(noise_std[v])
+            for i in range(n):
+                row[i] += a * nz[i]
+        k = blur_len[v]
+        if k > 0:
+            _blur(row.reshape((s, s, s)), np.empty((s, s, s), np.float32), blur[v, :k])
+        total = 0.0
+        for i in range(n):
+            total += row[i]
+        mean = total / n
+        ss = 0.0
+        for i in range(n):
+            dv = row[i] - mean
+            ss += dv * dv
+        sd = max(np.sqrt(ss / (n - 1)), 1e-6)
+        m32, sd32 = np.float32(mean), np.float32(sd)
+        for i in range(n):
+            row[i] = (row[i] - m32) / sd32
+
+
+def intensity_tail(x: np.ndarray, noise: np.ndarray, noise_row, noise_std, blur: np.ndarray, blur_len) -> None:
+    """In place on (V, S^3) float32 views: ``+ noise_std[v] * noise[noise_row[v]]`` (row -1: no
+    noise), the separable blur ``blur[v, :blur_len[v]]`` along each axis (0: none), z-score
+    (standard deviation with n - 1, at least 1e-6)."""
+    s = round(x.shape[1] ** (1 / 3))
+    _tail(x, noise, np.asarray(noise_row, np.int64), np.asarray(noise_std, np.float64),
+          np.asarray(blur, np.float32), np.asarray(blur_len, np.int64), s)

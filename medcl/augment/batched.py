@@ -221,13 +221,19 @@ def resize_crops(sources: Sequence[torch.Tensor], params: Sequence[ViewParams], 
     return out
 
 
+def _cpu_kernels():
+    """The numba module of the CPU path, or None when numba is not installed."""
+    try:
+        from medcl.augment import _cpu
+    except ImportError:  # pragma: no cover - numba is a dependency; without it torch does the work
+        return None
+    return _cpu
+
+
 def _affine_numba():
     """The CPU kernel of the affine stage (numba), or None when numba is not installed."""
-    try:
-        from medcl.augment._cpu import affine_trilinear
-    except ImportError:  # pragma: no cover - numba is a dependency; without it grid_sample does the work
-        return None
-    return affine_trilinear
+    kernels = _cpu_kernels()
+    return None if kernels is None else kernels.affine_trilinear
 
 
 def _sample_3d(volumes: torch.Tensor, maps: VoxelMaps, view_size: int) -> torch.Tensor:
@@ -415,10 +421,73 @@ def _where(flags: Sequence[bool]) -> list[int]:
     return [i for i, f in enumerate(flags) if f]
 
 
-def intensity_views(x: torch.Tensor, params: Sequence[ViewParams]) -> torch.Tensor:
+def _kspace_artefacts(x: torch.Tensor, params: Sequence[ViewParams]) -> None:
+    """In place: the spike, then Gibbs ringing, of the views that have them. One view at a time:
+    batched FFTs and contractions may round differently with the batch's size, and a view must
+    not depend on the rest of its batch (DDP)."""
+    for i in _where([p.spike_intensity != 0 for p in params]):
+        x[i:i + 1] = kspace_spike(x[i:i + 1], [params[i].spike_loc], [params[i].spike_intensity])
+    for i in _where([p.gibbs_alpha > 0 for p in params]):
+        x[i:i + 1] = gibbs(x[i:i + 1], [params[i].gibbs_alpha])
+
+
+def draw_noise(params: Sequence[ViewParams], view_size: int, threads: int = 1) -> tuple[torch.Tensor, list[int]]:
+    """(rows, S, S, S) standard normal noise of the views with ``noise_std > 0`` and, per view, its
+    row (-1: none): each from a CPU generator seeded with the view's ``noise_seed``, the numbers
+    of the MONAI path. A generator is sequential, so views are drawn in ``threads`` threads."""
+    idx = _where([p.noise_std > 0 for p in params])
+    noise = torch.empty((len(idx), view_size, view_size, view_size), dtype=torch.float32)
+
+    def draw(j: int) -> None:
+        gen = torch.Generator().manual_seed(params[idx[j]].noise_seed)
+        torch.randn((1, view_size, view_size, view_size), generator=gen, out=noise[j:j + 1])
+
+    if threads > 1 and len(idx) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(threads, len(idx))) as pool:
+            list(pool.map(draw, range(len(idx))))
+    else:
+        for j in range(len(idx)):
+            draw(j)
+    rows = [-1] * len(params)
+    for j, i in enumerate(idx):
+        rows[i] = j
+    return noise, rows
+
+
+def _intensity_numba(x: torch.Tensor, params: Sequence[ViewParams], kernels) -> torch.Tensor:
+    """:func:`intensity_views` on a CPU with the fused kernels of :mod:`medcl.augment._cpu`."""
+    v, s = x.shape[0], x.shape[-1]
+    flat = x.view(v, -1).numpy()
+    threads = torch.get_num_threads()
+    kernels.set_threads(threads)
+    rho = kernels.minmax(flat)
+    for i in _where([p.gamma != 1.0 for p in params]):   # AdjustContrast; torch's pow is vectorised
+        r = float(rho[i])
+        x[i].div_(r + GAMMA_EPS).pow_(params[i].gamma).mul_(r)
+    kernels.contrast_bias(flat, [p.contrast for p in params], [p.bias for p in params])
+    _kspace_artefacts(x, params)
+    noise, rows = draw_noise(params, s, threads)
+    blurs = [_gauss(float(p.blur_sigma)).numpy() if p.blur_sigma > 0 else np.zeros(0, np.float32) for p in params]
+    weights = np.zeros((v, max([len(b) for b in blurs] + [1])), np.float32)
+    for i, b in enumerate(blurs):
+        weights[i, :len(b)] = b
+    kernels.intensity_tail(flat, noise.view(len(noise), -1).numpy(), rows, [p.noise_std for p in params],
+                           weights, [len(b) for b in blurs])
+    return x
+
+
+def intensity_views(x: torch.Tensor, params: Sequence[ViewParams], fused: bool = True) -> torch.Tensor:
     """(V, S, S, S) resampled views -> the MONAI path's intensity steps in its order, in place:
     [0, 1] min-max, gamma, contrast, bias field, spike, Gibbs, noise, blur, z-score.
-    A step that MONAI skips for a view (gamma 1, no bias ...) is skipped for that view."""
+    A step that MONAI skips for a view (gamma 1, no bias ...) is skipped for that view.
+    On a CPU (``fused``, with numba) the steps run as two fused passes per view
+    (:mod:`medcl.augment._cpu`); elsewhere as torch operations on the whole batch."""
+    if fused and x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous():
+        kernels = _cpu_kernels()
+        if kernels is not None:
+            return _intensity_numba(x, params, kernels)
     v, s = x.shape[0], x.shape[-1]
     dev = x.device
     flat = x.view(v, -1)
@@ -451,12 +520,7 @@ def intensity_views(x: torch.Tensor, params: Sequence[ViewParams]) -> torch.Tens
         for k in range(1, N_BIAS):
             log_field.addcmul_(basis[k], coefs[:, k:k + 1])
         flat.mul_(log_field.exp_())
-    # k-space artefacts one view at a time: batched FFTs and contractions may round differently
-    # with the batch's size, and a view must not depend on the rest of its batch (DDP)
-    for i in _where([p.spike_intensity != 0 for p in params]):
-        x[i:i + 1] = kspace_spike(x[i:i + 1], [params[i].spike_loc], [params[i].spike_intensity])
-    for i in _where([p.gibbs_alpha > 0 for p in params]):
-        x[i:i + 1] = gibbs(x[i:i + 1], [params[i].gibbs_alpha])
+    _kspace_artefacts(x, params)
     if any(p.noise_std > 0 for p in params):
         gen = torch.Generator(device=dev)
         for i, p in enumerate(params):

@@ -11,7 +11,7 @@ read them from the installed package and never copy them into this repository.
 
 Pathology (the diagnostic signal), applied in template space:
 
-* ``lesion``: 3-8 soft-edged, T1-hypointense white-matter lesions of radius 3-7 mm.
+* ``lesion``: 4-10 soft-edged, T1-hypointense white-matter lesions of radius 4-9 mm.
 * ``atrophy``: lateral ventricles pushed outward by a smooth field, outer cortex thinned
   towards CSF intensity (which also widens sulci).
 * every class gets every edit; the edits that do not define its class are shams with
@@ -31,6 +31,10 @@ from __future__ import annotations
 
 import csv
 import functools
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +54,7 @@ README_TEXT = (
 )
 
 # Per-class magnitude ranges (uniform). Sham ranges overlap the healthy range on purpose.
-LESION_CONTRAST = {"lesion": (0.45, 0.85), "sham": (0.0, 0.05)}
+LESION_CONTRAST = {"lesion": (0.6, 0.95), "sham": (0.0, 0.05)}
 VENTRICLE_MM = {"atrophy": (2.0, 4.5), "sham": (-1.0, 1.5)}
 CORTEX_THINNING = {"atrophy": (0.3, 0.6), "sham": (0.0, 0.15)}
 LAS_EVERY = 3  # subjects with index % LAS_EVERY == 1 are written LAS
@@ -212,19 +216,19 @@ def sample_pathology(label: str, rng: np.random.Generator) -> Pathology:
 
 def add_lesions(t1, wm, csf_level: float, spacing: float, contrast: float,
                 rng: np.random.Generator) -> np.ndarray:
-    """3-8 soft ellipsoidal lesions of radius 3-7 mm centred in deep WM, pulled to CSF intensity."""
+    """4-10 soft ellipsoidal lesions of radius 4-9 mm centred in deep WM, pulled to CSF intensity."""
     out = t1.copy()
     deep = np.argwhere(ndimage.binary_erosion(wm > 0.9, iterations=max(1, round(3.0 / spacing))))
-    for _ in range(int(rng.integers(3, 9))):
+    for _ in range(int(rng.integers(4, 11))):
         centre = deep[rng.integers(len(deep))]
-        radii = rng.uniform(3.0, 7.0) * rng.uniform(0.75, 1.25, size=3) / spacing  # voxels
+        radii = rng.uniform(4.0, 9.0) * rng.uniform(0.75, 1.25, size=3) / spacing  # voxels
         half = np.ceil(radii + 3.0 / spacing).astype(int)
         box = tuple(slice(max(c - h, 0), min(c + h + 1, n)) for c, h, n in zip(centre, half, t1.shape))
         x, y, z = np.ogrid[box]
         d = np.sqrt(sum(((g - c) / r) ** 2 for g, c, r in zip((x, y, z), centre, radii)))
         w = 0.5 * erfc((d - 1.0) * radii.mean() * spacing / np.sqrt(2.0))  # edge: Gaussian, sigma 1 mm
         w *= np.clip(wm[box] / 0.5, 0.0, 1.0)
-        out[box] += contrast * w.astype(np.float32) * (csf_level - out[box])
+        out[box] += contrast * w.astype(np.float32) * np.minimum(csf_level - out[box], 0.0)  # only darkens
     return out
 
 
@@ -340,9 +344,49 @@ def subject_id(index: int) -> str:
     return f"demo{index + 1:04d}"
 
 
+_FORK_TEMPLATE: Template | None = None   # the template that forked simulation workers inherit
+
+
+def _write_subject(job: tuple[int, str, int, Path], tpl: Template | None = None) -> None:
+    """Simulate subject ``i`` and write its NIfTI file (the same bytes of data in any process)."""
+    i, label, seed, nifti_dir = job
+    tpl = tpl or _FORK_TEMPLATE
+    data, affine = simulate_subject(tpl, label, seed, i), tpl.affine
+    if i % LAS_EVERY == 1:
+        data, affine = to_las(data, affine)
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm")
+    img.header["descrip"] = b"medcl demo: simulated pathology, not patient data"
+    nib.save(img, nifti_dir / f"sub-{subject_id(i)}.nii.gz")
+
+
+def _write_subjects(tpl: Template, jobs: list, workers: int) -> None:
+    """Every job, in ``workers`` forked processes when there are several (each subject is seeded
+    by its index, so the data do not depend on who simulates it); serial otherwise, and for
+    whatever a broken pool (a worker killed) left undone."""
+    global _FORK_TEMPLATE
+    done: set[int] = set()
+    if workers > 1 and len(jobs) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        _FORK_TEMPLATE = tpl
+        try:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                for job, _ in zip(jobs, pool.map(_write_subject, jobs, chunksize=4)):
+                    done.add(job[0])
+        except BrokenProcessPool:
+            pass
+        finally:
+            _FORK_TEMPLATE = None
+    for job in jobs:
+        if job[0] not in done:
+            _write_subject(job, tpl)
+
+
 def make_demo_sources(out_dir: Path, n_subjects: int = 60, seed: int = 0,
-                      spacing: float = 2.0) -> DemoSources:
-    """Write the demo cohort (NIfTI files, labels.csv, README.txt) under ``out_dir``."""
+                      spacing: float = 2.0, workers: int = 0) -> DemoSources:
+    """Write the demo cohort (NIfTI files, labels.csv, README.txt) under ``out_dir``;
+    ``workers`` processes simulate it (0: one per CPU core)."""
     if n_subjects < 1:
         raise ValueError(f"make_demo_sources: n_subjects must be >= 1, got {n_subjects}")
     if not 1.0 <= spacing <= 8.0:
@@ -352,16 +396,8 @@ def make_demo_sources(out_dir: Path, n_subjects: int = 60, seed: int = 0,
     nifti_dir.mkdir(parents=True, exist_ok=True)
     tpl = load_template(float(spacing))
     labels = balanced_labels(n_subjects, seed)
-    for i, label in enumerate(labels):
-        data, affine = simulate_subject(tpl, label, seed, i), tpl.affine
-        if i % LAS_EVERY == 1:
-            data, affine = to_las(data, affine)
-        img = nib.Nifti1Image(data, affine)
-        img.set_qform(affine, code=1)
-        img.set_sform(affine, code=1)
-        img.header.set_xyzt_units("mm")
-        img.header["descrip"] = b"medcl demo: simulated pathology, not patient data"
-        nib.save(img, nifti_dir / f"sub-{subject_id(i)}.nii.gz")
+    jobs = [(i, label, seed, nifti_dir) for i, label in enumerate(labels)]
+    _write_subjects(tpl, jobs, workers or os.cpu_count() or 1)
     labels_csv = out_dir / "labels.csv"
     with labels_csv.open("w", newline="") as f:
         writer = csv.writer(f)

@@ -144,7 +144,7 @@ def read_run_id(path: Path) -> str:
 # the config sections that decide the training trajectory, and the keys in them that may
 # differ between the run that wrote a checkpoint and the one resuming it
 TRAINING_SECTIONS = ("augment", "model", "train")
-RESUMABLE_CHANGES = ("train.num_workers", "train.threads", "train.checkpoint_every_steps",
+RESUMABLE_CHANGES = ("train.num_workers", "train.worker_kind", "train.threads", "train.checkpoint_every_steps",
                      "train.checkpoint_every_epoch", "train.knn_every_epochs", "train.device")
 
 

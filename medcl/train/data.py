@@ -11,18 +11,25 @@ Where the cohort lives (``augment.cache``, chosen once, see :func:`choose_placem
   ``.npy`` files (memory-mapped: only the bytes of the crops) and the DataLoader prefetches.
 
 Loader workers never hold the cohort. They do the cheap per-scan work: read the mask's bytes
-(memory-mapped, or the parent's arrays shared by fork, read only), draw the view parameters with
+(memory-mapped, or the arrays already in memory, read only), draw the view parameters with
 :func:`medcl.augment.params.sample_pair` (the same generator per ``(seed, epoch, scan)`` as the
 MONAI path, so both backends draw the same parameters), and in ``stream`` mode read the crops.
 The main process turns a batch of parameters into views with
 :func:`medcl.augment.batched.apply_pairs` on the training device.
+
+Workers are threads by default (``train.worker_kind: thread``): that work is a few milliseconds
+a batch and reading bytes, so a thread does it without a second Python process, and adding
+workers adds no memory (a forked worker maps the parent's pages, and every one of them counts in
+its resident set). ``process`` runs them as ``DataLoader`` worker processes instead.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +41,8 @@ from medcl.config import AugmentConfig
 from medcl.data.cohort import Cohort
 
 PLACEMENTS = ("device", "pinned", "host", "stream")
+WORKER_KINDS = ("thread", "process")
+PREFETCH = 4          # batches of parameters made ahead, per worker
 GPU_FRACTION = 0.4    # the cache goes on the GPU when it takes at most this much of the free memory
 HOST_FRACTION = 0.5   # ... and in host memory when it takes at most this much of the available memory
 
@@ -192,6 +201,38 @@ def _no_collate(job: Job) -> Job:
     return job
 
 
+class ThreadJobs:
+    """The job loader with thread workers: ``PairJobs`` run in a pool of ``workers`` threads,
+    ``PREFETCH`` batches per worker ahead of the consumer, delivered in order (what a
+    ``DataLoader`` with worker processes does, in the same process). The pool lives until
+    :meth:`close`, across epochs."""
+
+    def __init__(self, jobs: PairJobs, sampler: Iterable, workers: int, pin: bool = False):
+        self.jobs, self.sampler, self.pin = jobs, sampler, pin
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medcl-jobs")
+        self.ahead = PREFETCH * workers
+
+    def _one(self, job) -> Job:
+        out = self.jobs[job]
+        return out.pin_memory() if self.pin else out
+
+    def __iter__(self) -> Iterator[Job]:
+        todo, pending = iter(self.sampler), deque()
+        for job in todo:
+            pending.append(self.pool.submit(self._one, job))
+            if len(pending) >= self.ahead:
+                break
+        while pending:
+            done = pending.popleft().result()
+            for job in todo:
+                pending.append(self.pool.submit(self._one, job))
+                break
+            yield done
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class BatchedPairs:
     """Batches of view pairs made on ``device`` from a cohort held once.
 
@@ -203,14 +244,17 @@ class BatchedPairs:
 
     def __init__(self, cfg: AugmentConfig, seed: int, device: torch.device | str, labels: Sequence[int],
                  store: VolumeStore | None, jobs: PairJobs, num_workers: int = 0, placement: str = "host",
-                 memory_format: torch.memory_format = torch.contiguous_format):
+                 memory_format: torch.memory_format = torch.contiguous_format, worker_kind: str = "thread"):
+        if worker_kind not in WORKER_KINDS:
+            raise ValueError(f"train.worker_kind: unknown kind '{worker_kind}' (known: {', '.join(WORKER_KINDS)})")
+        self.worker_kind = worker_kind
         self.cfg, self.seed, self.device = cfg, seed, torch.device(device)
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.store, self.jobs, self.placement = store, jobs, placement
         self.num_workers, self.memory_format = num_workers, memory_format
         self.history: Job | None = None
         self._sampler = _JobList()
-        self._loader: DataLoader | None = None
+        self._loader: DataLoader | ThreadJobs | None = None
 
     # ----------------------------------------------------------------- construction
 
@@ -247,13 +291,16 @@ class BatchedPairs:
 
     # ----------------------------------------------------------------- iteration
 
-    def _job_loader(self) -> DataLoader:
+    def _job_loader(self) -> DataLoader | ThreadJobs:
         if self._loader is None:
             w = self.num_workers
-            self._loader = DataLoader(
-                self.jobs, sampler=self._sampler, batch_size=None, collate_fn=_no_collate, num_workers=w,
-                persistent_workers=w > 0, prefetch_factor=4 if w > 0 else None,
-                pin_memory=self.placement == "stream" and self.device.type == "cuda")
+            pin = self.placement == "stream" and self.device.type == "cuda"
+            if w > 0 and self.worker_kind == "thread":
+                self._loader = ThreadJobs(self.jobs, self._sampler, w, pin)
+            else:
+                self._loader = DataLoader(
+                    self.jobs, sampler=self._sampler, batch_size=None, collate_fn=_no_collate, num_workers=w,
+                    persistent_workers=w > 0, prefetch_factor=PREFETCH if w > 0 else None, pin_memory=pin)
         return self._loader
 
     def batches(self, shards: Sequence[Sequence[int]], epoch: int
@@ -271,6 +318,8 @@ class BatchedPairs:
 
     def close(self) -> None:
         """Stop the loader workers (they also stop with the process)."""
+        if isinstance(self._loader, ThreadJobs):
+            self._loader.close()
         self._loader = None
 
 
@@ -282,7 +331,8 @@ def epoch_shards(n: int, batch: int, seed: int, epoch: int) -> list[list[int]]:
 
 
 def batched_batches(dataset, shards: Sequence[Sequence[int]], epoch: int, num_workers: int,
-                    device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+                    device: torch.device, worker_kind: str = "thread"
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The loop's hook: batches of the loop's ``PairDataset`` made by the batched backend.
 
     The store is built once, on first use, from the dataset's fp16 arrays and kept on the
@@ -292,6 +342,6 @@ def batched_batches(dataset, shards: Sequence[Sequence[int]], epoch: int, num_wo
     pairs: BatchedPairs | None = getattr(dataset, "_batched_pairs", None)
     if pairs is None:
         pairs = BatchedPairs.from_arrays(dataset.images, dataset.masks, dataset.labels, dataset.cfg, dataset.seed,
-                                         device, num_workers)
+                                         device, num_workers, worker_kind=worker_kind)
         dataset._batched_pairs = pairs
     yield from pairs.batches(shards, epoch)

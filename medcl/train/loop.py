@@ -87,7 +87,8 @@ def make_batches(dataset: PairDataset, t: TrainConfig, global_batch: int, epoch:
     if dataset.cfg.backend == "batched":  # augment.backend: views made on `device` a batch at a time
         from medcl.train.data import batched_batches
 
-        for v1, v2, y in batched_batches(dataset, shards[start:], epoch, t.num_workers, device):
+        for v1, v2, y in batched_batches(dataset, shards[start:], epoch, t.num_workers, device,
+                                           t.worker_kind):
             yield v1.to(dtype), v2.to(dtype), y
         return
     loader = DataLoader(dataset, batch_sampler=shards[start:], num_workers=t.num_workers,
