@@ -3,7 +3,6 @@ random-init encoder -> registered models -> report.html and summary.json."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from medcl.report import DEMO_BANNER, MontageSample
 from medcl.tracking.inference import load_encoder
 from medcl.tracking.registry import alias_new_version, log_fewshot
 from pipelines.fewshot import (_card, build_report_data, evaluate_encoders, fit_deployable_head, log_to_mlflow,
-                               save_features, summary_block, write_report)
+                               save_features, summary_block, write_report, write_summary)
 from pipelines.pretrain import encoder_meta, run_pretrain
 
 DEPLOY_SHOTS = 5
@@ -130,5 +129,5 @@ def run_demo(cfg: Config, out: Path, progress: bool = True) -> dict:
         "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
         "fewshot_timings_seconds": fs.timings,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_summary(out / "summary.json", summary)
     return summary

@@ -7,6 +7,7 @@ labelled scans per class). ``medcl fewshot`` runs :func:`run_fewshot`; the demo 
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -238,6 +239,29 @@ def build_report_data(cfg: Config, fs: FewShotOutput, title: str, cohort_counts:
                       interval=f"subject bootstrap, {cfg.fewshot.n_boot} replicates")
 
 
+def _strict(o):
+    """``o`` with NaN and infinities as None and numpy scalars and arrays as Python values."""
+    if isinstance(o, dict):
+        return {k: _strict(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_strict(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _strict(o.tolist())
+    if isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
+def write_summary(path: Path, summary: dict) -> Path:
+    """``summary.json`` as strict JSON: an undefined metric (an AUC with one class in the
+    queries, say) is ``null``, not ``NaN``, which other JSON readers refuse."""
+    path = Path(path)
+    path.write_text(json.dumps(_strict(summary), indent=2, allow_nan=False))
+    return path
+
+
 def summary_block(cfg: Config, fs: FewShotOutput) -> dict:
     """The ``fewshot`` block of summary.json: primary head per source, then everything."""
     h = cfg.fewshot.primary_head
@@ -393,7 +417,7 @@ def run_fewshot(cfg: Config, cohort_dir: Path, encoder_uri: str, out_dir: Path, 
                "mlflow": {"tracking_uri": tracking.tracking_uri_for(out_dir), "fewshot_run_id": run.run_id,
                           "encoder_uri": encoder_uri},
                "timings_seconds": {**fs.timings, "total": round(time.perf_counter() - t0, 1)}}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_summary(out_dir / "summary.json", summary)
     return summary
 
 

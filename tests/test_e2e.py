@@ -33,9 +33,24 @@ def demo_out(tmp_path_factory):
     return out, summary
 
 
+def _strict_load(text: str):
+    def refuse(constant):
+        raise AssertionError(f"summary.json holds {constant}: not strict JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_summary_json_is_strict_json(tmp_path):
+    """An undefined metric is null in summary.json: NaN and Infinity are not JSON."""
+    from pipelines.fewshot import write_summary
+
+    path = write_summary(tmp_path / "summary.json", {"auc": float("nan"), "x": [np.float32(0.5), float("inf")],
+                                                     "n": np.int64(3), "a": np.array([1.0, np.nan])})
+    assert _strict_load(path.read_text()) == {"auc": None, "x": [0.5, None], "n": 3, "a": [1.0, None]}
+
+
 def test_summary_has_the_promised_shape(demo_out):
     out, summary = demo_out
-    on_disk = json.loads((out / "summary.json").read_text())
+    on_disk = _strict_load((out / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
     assert summary["cohort"]["scans"] == 18 and summary["cohort"]["labels"] == {"atrophy": 6, "healthy": 6, "lesion": 6}
     for enc in ("pretrained", "random_init"):
@@ -123,7 +138,7 @@ def test_fewshot_report_and_suggest_labels_commands(demo_out, tmp_path, capsys, 
     rc = main(["fewshot", "--encoder", enc, "--cohort", str(out / "cohort"), "--shots", "1,2", "--out",
                str(tmp_path / "fs"), "--tracking-uri", uri, "--quiet", *FEWSHOT_CLI])
     assert rc == 0, capsys.readouterr().err
-    fs = json.loads((tmp_path / "fs" / "summary.json").read_text())
+    fs = _strict_load((tmp_path / "fs" / "summary.json").read_text())
     assert set(fs["fewshot"]) == {"pretrained", "random_init", "raw_voxels", "scratch"}
     assert fs["fewshot"]["pretrained"]["2"]["n_episodes"] == 20 and fs["cohort"]["scans"] == 9
     # the run's saved report data renders the report again, from the run id alone
