@@ -18,7 +18,8 @@ Contenders (all make two views of a scan at ``--view-size``^3 from the same coho
 
 A rate is pairs delivered per second after the first batch (worker start-up excluded), on the
 device the training would use (views moved to the GPU for the GPU rows). Each rate is the
-median of ``--repeat`` runs. Run: ``.venv/bin/python bench/augment.py`` (``--help``).
+median of ``--repeat`` runs, taken in rounds (every contender once per round) so that a change
+in the machine's speed during the benchmark reaches all contenders alike. Run: ``.venv/bin/python bench/augment.py`` (``--help``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from common import ROOT, Timer, cohort_summary, machine, median_of, synthetic_cohort, table, write_json
+from common import ROOT, Timer, cohort_summary, interleaved_medians, machine, synthetic_cohort, table, write_json
 
 from medcl.augment.params import foreground_box
 from medcl.config import AugmentConfig
@@ -141,34 +142,44 @@ def main() -> None:
           f"torch {info['torch']}, MONAI {info['monai']}; load average {info['load_average_1min']:.1f}")
     print(f"cohort: {cohort_summary(cohort)}")
     rows = []
+    pending: list[tuple[dict, object]] = []
 
     def add(device: str, name: str, workers: int, rate_fn, view_size: int, batch: int) -> None:
-        med, runs = median_of(rate_fn, args.repeat)
-        rows.append({"device": device, "contender": name, "workers": workers, "view": view_size, "batch": batch,
-                     "pairs_per_s": med, "runs": runs})
-        print(f"  {device} {name} workers={workers}: {med:.1f} pairs/s  (runs {', '.join(f'{r:.1f}' for r in runs)})",
-              flush=True)
+        pending.append(({"device": device, "contender": name, "workers": workers, "view": view_size, "batch": batch},
+                        rate_fn))
+
+    def run_pending() -> None:
+        """The contenders of one device in interleaved rounds (common.interleaved_medians)."""
+        for (row, _), (med, runs) in zip(pending, interleaved_medians([fn for _, fn in pending], args.repeat)):
+            rows.append({**row, "pairs_per_s": med, "runs": runs})
+            print(f"  {row['device']} {row['contender']} workers={row['workers']}: {med:.1f} pairs/s  "
+                  f"(runs {', '.join(f'{r:.1f}' for r in runs)})", flush=True)
+        pending.clear()
 
     # ------------------------------------------------------------------ CPU
     cpu = torch.device("cpu")
     cfg = AugmentConfig(view_size=args.view_size)
     b = args.pairs
     print(f"CPU: view {args.view_size}^3, {b} pairs per batch, {torch.get_num_threads()} torch threads")
+    opened = []
     for w in [int(v) for v in args.medcl_workers.split(",") if v != ""]:
         pairs = BatchedPairs.from_cohort(cohort, cfg, seed=0, device=cpu, num_workers=w, placement="host")
+        opened.append(pairs)
         n = max(1, args.medcl_pairs // b)
-        add("cpu", "medcl batched", w, lambda: rate_batched(pairs, b, n, seed=int(time.time()) % 1000),
+        add("cpu", "medcl batched", w, lambda pairs=pairs, n=n: rate_batched(pairs, b, n, seed=int(time.time()) % 1000),
             args.view_size, b)
-        pairs.close()
     monai_ds = PairDataset(cohort, cfg, seed=0)
     compose_ds = None if args.no_compose else ComposeDataset(cohort, cfg)
     n = max(1, args.monai_pairs // b)
     for w in [int(v) for v in args.workers.split(",") if v != ""]:
-        add("cpu", "monai per-sample (medcl params)", w, lambda: rate_dataloader(monai_ds, b, n, w, cpu, 1),
+        add("cpu", "monai per-sample (medcl params)", w, lambda w=w: rate_dataloader(monai_ds, b, n, w, cpu, 1),
             args.view_size, b)
         if compose_ds is not None:
-            add("cpu", "monai Compose (Rand*)", w, lambda: rate_dataloader(compose_ds, b, n, w, cpu, 2),
+            add("cpu", "monai Compose (Rand*)", w, lambda w=w: rate_dataloader(compose_ds, b, n, w, cpu, 2),
                 args.view_size, b)
+    run_pending()
+    for pairs in opened:
+        pairs.close()
 
     # ------------------------------------------------------------------ GPU
     gpu_note = "not measured: no GPU in this session"
@@ -181,7 +192,6 @@ def main() -> None:
         print(f"  medcl cache placement: {pairs.placement}")
         add("cuda", "medcl batched", 4, lambda: rate_batched(pairs, gb, 20, seed=int(time.time()) % 1000),
             gcfg.view_size, gb)
-        pairs.close()
         w = args.gpu_workers
         gds = PairDataset(cohort, gcfg, seed=0)
         add("cuda", "monai per-sample (medcl params)", w, lambda: rate_dataloader(gds, gb, 6, w, gpu, 1),
@@ -190,6 +200,8 @@ def main() -> None:
             gcds = ComposeDataset(cohort, gcfg)
             add("cuda", "monai Compose (Rand*)", w, lambda: rate_dataloader(gcds, gb, 6, w, gpu, 2),
                 gcfg.view_size, gb)
+        run_pending()
+        pairs.close()
         gpu_note = None
 
     # ------------------------------------------------------------------ report

@@ -88,6 +88,17 @@ def median_of(fn, repeat: int) -> tuple[float, list[float]]:
     return statistics.median(values), values
 
 
+def interleaved_medians(fns: list, repeat: int) -> list[tuple[float, list[float]]]:
+    """Each of ``fns`` (a rate each) run ``repeat`` times in rounds (every contender once per
+    round), so a change in the machine's speed during the benchmark (a shared VM's host, other
+    jobs) reaches every contender alike; the median and the runs of each."""
+    runs: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            runs[i].append(fn())
+    return [(statistics.median(r), r) for r in runs]
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

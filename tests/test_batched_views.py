@@ -229,3 +229,23 @@ def test_sparse_anatomy_still_fills_every_view():
     cfg = AugmentConfig(view_size=16, crop_scale=(0.5, 0.6), min_foreground=0.6, min_overlap=0.0, max_tries=200)
     for a, b in _pairs(mask, cfg, 20, seed=10):
         assert min(foreground_fraction(mask, a), foreground_fraction(mask, b)) >= cfg.min_foreground
+
+
+def test_cpu_resize_is_torchs_interpolate_for_every_storage_layout(mni_scan):
+    """The numba resize reads crops in place from one fp16 store (the training cache), from
+    one float32 tensor, or copies them from separate tensors: every way gives
+    ``F.interpolate(trilinear, align_corners=False)`` to float32 rounding, up- and downsampling."""
+    import torch.nn.functional as F
+
+    from medcl.augment.batched import resize_crops
+
+    img = torch.from_numpy(mni_scan.image.astype(np.float16))
+    params = _flat(_pairs(mni_scan.mask, AugmentConfig(view_size=24, crop_scale=(0.3, 1.0)), 6, seed=11))
+    for s in (24, 40):
+        ref = torch.stack([F.interpolate(img[tuple(slice(a, a + n) for a, n in zip(p.crop_start, p.crop_size))]
+                                         .float()[None, None], size=(s,) * 3, mode="trilinear",
+                                         align_corners=False)[0, 0] for p in params])
+        for name, sources in (("fp16 store", [img] * len(params)), ("float32 tensor", [img.float()] * len(params)),
+                              ("separate", [img.clone() for _ in params])):
+            out = resize_crops(sources, params, s, torch.device("cpu"))
+            assert float((out - ref).abs().max()) < 1e-5 * float(ref.abs().max()), (name, s)

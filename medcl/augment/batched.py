@@ -213,9 +213,30 @@ def resize_crops(sources: Sequence[torch.Tensor], params: Sequence[ViewParams], 
     ``align_corners=False``, as ``Resize``) -> (V, S, S, S) float32 on ``device``."""
     s = view_size
     out = torch.empty((len(params), s, s, s), dtype=torch.float32, device=device)
+    crops = []
     for v, (src, p) in enumerate(zip(sources, params)):
         rel = _check_inside(v, src, p.crop_start, p.crop_size, (0, 0, 0) if origins is None else origins[v])
-        crop = src[tuple(slice(r, r + n) for r, n in zip(rel, p.crop_size))]
+        crops.append(src[tuple(slice(r, r + n) for r, n in zip(rel, p.crop_size))])
+    kernels = _cpu_kernels() if device.type == "cpu" and all(c.device.type == "cpu" for c in crops) else None
+    if kernels is not None:     # every view's resize at once, in parallel
+        kernels.set_threads(torch.get_num_threads())
+        ptr = crops[0].untyped_storage().data_ptr()
+        if all(c.dtype == crops[0].dtype in (torch.float16, torch.float32) and c.untyped_storage().data_ptr() == ptr
+               for c in crops):          # crops of one store (the cohort held once): read in place
+            store = torch.empty(0, dtype=crops[0].dtype).set_(crops[0].untyped_storage())
+            kernels.resize_trilinear(store.numpy(), [c.storage_offset() for c in crops], [c.stride() for c in crops],
+                                     [c.shape for c in crops], out.numpy())
+            return out
+        sizes = [c.numel() for c in crops]      # else the crops as float32 in one buffer first
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        buf = torch.empty(sum(sizes), dtype=torch.float32)
+        for c, o, n in zip(crops, offsets.tolist(), sizes):
+            buf[o:o + n].view(c.shape).copy_(c)
+        kernels.resize_trilinear(buf.numpy(), offsets, [buf[o:o + n].view(c.shape).stride() for c, o, n in
+                                                        zip(crops, offsets.tolist(), sizes)],
+                                 [c.shape for c in crops], out.numpy())
+        return out
+    for v, crop in enumerate(crops):
         crop = crop.to(device, non_blocking=True).float()
         out[v] = F.interpolate(crop[None, None], size=(s, s, s), mode="trilinear", align_corners=False)[0, 0]
     return out
@@ -462,11 +483,12 @@ def _intensity_numba(x: torch.Tensor, params: Sequence[ViewParams], kernels) -> 
     flat = x.view(v, -1).numpy()
     threads = torch.get_num_threads()
     kernels.set_threads(threads)
-    rho = kernels.minmax(flat)
-    for i in _where([p.gamma != 1.0 for p in params]):   # AdjustContrast; torch's pow is vectorised
-        r = float(rho[i])
-        x[i].div_(r + GAMMA_EPS).pow_(params[i].gamma).mul_(r)
-    kernels.contrast_bias(flat, [p.contrast for p in params], [p.bias for p in params])
+    gamma = [p.gamma != 1.0 for p in params]
+    rho = kernels.minmax(flat, gamma, GAMMA_EPS)  # AdjustContrast: / (rho + eps) here, then ** gamma,
+    for i in _where(gamma):                       # with torch's vectorised pow, then * rho below
+        x[i].pow_(params[i].gamma)
+    kernels.contrast_bias(flat, [p.contrast for p in params], [p.bias for p in params],
+                          np.where(gamma, rho, np.float32(1.0)))
     _kspace_artefacts(x, params)
     noise, rows = draw_noise(params, s, threads)
     blurs = [_gauss(float(p.blur_sigma)).numpy() if p.blur_sigma > 0 else np.zeros(0, np.float32) for p in params]
