@@ -81,9 +81,10 @@ def _source_index(n, s, o):  # pragma: no cover - compiled
     return i0, (i0 + 1 if i0 < n - 1 else i0), x - np.float32(i0)
 
 
-def _read(store, lut, i):  # pragma: no cover - only its numba overload runs
-    """Element ``i`` of ``store`` as float32 (compiled through the overload below)."""
-    raise NotImplementedError
+def _read(store, lut, i):
+    """Element ``i`` of ``store`` as float32: fp16 bit patterns (an integer store) through the
+    table ``lut``. In compiled code the overload below specialises it on the store's type."""
+    return lut[store[i]] if store.dtype.kind in "iu" else store[i]
 
 
 @overload(_read, inline="always")

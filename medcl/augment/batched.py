@@ -220,9 +220,10 @@ def resize_crops(sources: Sequence[torch.Tensor], params: Sequence[ViewParams], 
     kernels = _cpu_kernels() if device.type == "cpu" and all(c.device.type == "cpu" for c in crops) else None
     if kernels is not None:     # every view's resize at once, in parallel
         kernels.set_threads(torch.get_num_threads())
-        ptr = crops[0].untyped_storage().data_ptr()
-        if all(c.dtype == crops[0].dtype in (torch.float16, torch.float32) and c.untyped_storage().data_ptr() == ptr
-               for c in crops):          # crops of one store (the cohort held once): read in place
+        first = crops[0]
+        if first.dtype in (torch.float16, torch.float32) and all(
+                c.dtype == first.dtype and c.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+                for c in crops):         # crops of one store (the cohort held once): read in place
             store = torch.empty(0, dtype=crops[0].dtype).set_(crops[0].untyped_storage())
             kernels.resize_trilinear(store.numpy(), [c.storage_offset() for c in crops], [c.stride() for c in crops],
                                      [c.shape for c in crops], out.numpy())
@@ -232,8 +233,7 @@ def resize_crops(sources: Sequence[torch.Tensor], params: Sequence[ViewParams], 
         buf = torch.empty(sum(sizes), dtype=torch.float32)
         for c, o, n in zip(crops, offsets.tolist(), sizes):
             buf[o:o + n].view(c.shape).copy_(c)
-        kernels.resize_trilinear(buf.numpy(), offsets, [buf[o:o + n].view(c.shape).stride() for c, o, n in
-                                                        zip(crops, offsets.tolist(), sizes)],
+        kernels.resize_trilinear(buf.numpy(), offsets, [(c.shape[1] * c.shape[2], c.shape[2], 1) for c in crops],
                                  [c.shape for c in crops], out.numpy())
         return out
     for v, crop in enumerate(crops):
@@ -504,7 +504,7 @@ def intensity_views(x: torch.Tensor, params: Sequence[ViewParams], fused: bool =
     """(V, S, S, S) resampled views -> the MONAI path's intensity steps in its order, in place:
     [0, 1] min-max, gamma, contrast, bias field, spike, Gibbs, noise, blur, z-score.
     A step that MONAI skips for a view (gamma 1, no bias ...) is skipped for that view.
-    On a CPU (``fused``, with numba) the steps run as two fused passes per view
+    On a CPU (``fused``, with numba) the steps run as a few fused passes per view
     (:mod:`medcl.augment._cpu`); elsewhere as torch operations on the whole batch."""
     if fused and x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous():
         kernels = _cpu_kernels()
