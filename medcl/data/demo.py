@@ -33,6 +33,7 @@ import csv
 import functools
 import multiprocessing
 import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -375,7 +376,8 @@ def _write_subjects(tpl: Template, jobs: list, workers: int) -> None:
                 for job, _ in zip(jobs, pool.map(_write_subject, jobs, chunksize=4)):
                     done.add(job[0])
         except BrokenProcessPool:
-            pass
+            warnings.warn(f"demo cohort: a simulation worker died; simulating the {len(jobs) - len(done)} "
+                          "subjects left in this process", RuntimeWarning, stacklevel=2)
         finally:
             _FORK_TEMPLATE = None
     for job in jobs:
