@@ -58,6 +58,26 @@ def test_same_seed_same_bytes_other_seed_differs(cohort, tmp_path):
     assert _rows(cohort) == _rows(again)
 
 
+def test_a_worker_killed_mid_cohort_loses_no_subject(cohort, tmp_path, monkeypatch):
+    """A simulation worker that dies (OOM killer, say) breaks the pool: the parent warns and
+    simulates what is left itself, and the cohort is the same as ever."""
+    import os
+
+    parent, original = os.getpid(), demo.simulate_subject
+
+    def dies_on_subject_2(tpl, label, seed, index):
+        if index == 2 and os.getpid() != parent:
+            os._exit(1)                           # the forked worker dies without a word
+        return original(tpl, label, seed, index)
+
+    monkeypatch.setattr(demo, "simulate_subject", dies_on_subject_2)   # forked workers inherit it
+    with pytest.warns(RuntimeWarning, match="simulation worker died"):
+        again = demo.make_demo_sources(tmp_path / "k", n_subjects=N, seed=0, spacing=SPACING, workers=2)
+    for row in _rows(cohort):
+        assert np.array_equal(np.asarray(_load(cohort, row["subject"]).dataobj),
+                              np.asarray(_load(again, row["subject"]).dataobj)), row["subject"]
+
+
 def test_subject_does_not_depend_on_cohort_size(cohort, tpl, tmp_path):
     """Subject i of any cohort is simulate_subject(label, seed, i): no cohort size involved."""
     small = demo.make_demo_sources(tmp_path / "small", n_subjects=3, seed=0, spacing=SPACING)
