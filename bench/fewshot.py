@@ -93,22 +93,22 @@ def main(argv=None) -> int:
         proba = predict_prototype(X, batch, "euclidean", centre=False)
         return batch.class_names[proba.argmax(-1)]
 
-    def sklearn_loop():
+    def per_episode(make_head):
+        """Predictions of a head fitted on each episode's support in turn."""
         out = np.empty(q.shape, dtype=batch.class_names.dtype)
         for e in range(batch.n_episodes):
             s, qq = batch.support[e], q[e][q[e] >= 0]
-            out[e, : len(qq)] = NearestCentroid().fit(X[s], labels[s]).predict(X[qq])
+            out[e, : len(qq)] = make_head().fit(X[s], labels[s]).predict(X[qq])
         return out
+
+    def sklearn_loop():
+        return per_episode(NearestCentroid)
 
     def medcl_cosine():
         return batch.class_names[predict_prototype(X, batch, "cosine", centre=True).argmax(-1)]
 
     def numpy_loop_cosine():
-        out = np.empty(q.shape, dtype=batch.class_names.dtype)
-        for e in range(batch.n_episodes):
-            s, qq = batch.support[e], q[e][q[e] >= 0]
-            out[e, : len(qq)] = PrototypeHead().fit(X[s], labels[s]).predict(X[qq])
-        return out
+        return per_episode(PrototypeHead)
 
     mask = q >= 0
     t_m, p_m = best_of(medcl_euclidean, args.repeat)

@@ -27,22 +27,16 @@ def kill(srv: MlflowServer) -> None:
 
 
 @pytest.fixture
-def env(mlflow_server, monkeypatch):
-    """The session's MLflow server, quick retries; the server is running again afterwards
-    (same port, same stores) whatever the test did to it."""
-    server = mlflow_server
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
-    monkeypatch.setenv("MEDCL_TRACKING_RETRIES", "2")
+def env(tracking_env, monkeypatch):
+    """conftest's ``tracking_env`` (the session's MLflow server, quick retries, a fresh
+    tracker) made quicker still for outages; the server is running again afterwards (same
+    port, same stores) whatever the test did to it."""
+    server = tracking_env
     monkeypatch.setenv("MEDCL_TRACKING_BACKOFF", "0.05")
     monkeypatch.setenv("MEDCL_TRACKING_PROBE", "0")      # try to replay at every call while offline
     monkeypatch.setenv("MEDCL_SYSTEM_METRICS", "false")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    monkeypatch.setattr(tracking, "_tracker", None)
-    monkeypatch.setattr(tracking, "_stack", [])
     yield server
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
     if server.proc is None:
         server.start()
 

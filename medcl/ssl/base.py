@@ -93,7 +93,8 @@ class Method(nn.Module):
         return self.projector(self.encoder(torch.cat([v1, v2]))).chunk(2)
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor, labels: torch.Tensor | None = None) -> StepOutput:
-        raise NotImplementedError
+        """The step's loss; every registered method defines it (medcl/ssl/<method>.py)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no forward(): not a registered method")
 
     def on_step_end(self, step: int, total: int) -> dict[str, float]:
         """Called after each optimiser step (momentum updates); returns scalars to log."""

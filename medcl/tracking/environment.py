@@ -29,7 +29,7 @@ def git_info(path: Path | None = None) -> dict:
                                 capture_output=True, text=True, timeout=10, check=True).stdout
         return {"commit": sha, "dirty": bool(status.strip())}
     except (OSError, subprocess.SubprocessError):
-        pass
+        pass                    # no git, or not a checkout (an installed package, a docker image)
     env = os.environ.get("MEDCL_GIT_COMMIT", "").strip()
     return {"commit": env or "unknown", "dirty": None}
 

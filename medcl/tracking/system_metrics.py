@@ -30,7 +30,7 @@ class _ToTracker:
         self.tracker.log_batch(self.run, metrics=metrics, step=step or 0)
 
     def flush(self) -> None:
-        pass
+        """Nothing buffered here: every record goes to the tracker at once (its spool buffers)."""
 
 
 def start_monitor(tracker: Tracker, run: RunHandle):
