@@ -10,14 +10,16 @@ from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from medcl.config import ConfigError, load_config  # noqa: E402
+from medcl import tracking  # noqa: E402
+from medcl.config import ConfigError  # noqa: E402
+from medcl.validate import load_checked  # noqa: E402
 
 
 def _cmd_demo(args) -> int:
     from pipelines.demo import run_demo
 
-    cfg = load_config(args.config, args.overrides)
-    summary = run_demo(cfg, Path(args.out), progress=not args.quiet)
+    cfg = load_checked(args.config, args.overrides)
+    summary = run_demo(cfg, Path(args.out), _uri(args, Path(args.out)), progress=not args.quiet)
     pre = summary["fewshot"]["pretrained"]
     rnd = summary["fewshot"]["random_init"]
     print("simulated pathology on real anatomy: not patient data")
@@ -35,7 +37,7 @@ def _cmd_ingest(args) -> int:
 
     # argparse gives every positional to SRC: key=value words that are not paths are overrides
     overrides = [s for s in args.src if "=" in s and not Path(s).exists()]
-    cfg = load_config(args.config, args.overrides + overrides)
+    cfg = load_checked(args.config, args.overrides + overrides)
     try:
         res = ingest([Path(p) for p in args.src if p not in overrides], Path(args.out), cfg.data,
                      labels_csv=Path(args.labels) if args.labels else None,
@@ -76,9 +78,9 @@ def _cmd_pretrain(args) -> int:
 
     from medcl.train.checkpoint import CheckpointError
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_checked(args.config, args.overrides)
     try:
-        out = run_pretrain(cfg, Path(args.cohort), Path(args.out), progress=not args.quiet,
+        out = run_pretrain(cfg, Path(args.cohort), Path(args.out), _uri(args, Path(args.out)), progress=not args.quiet,
                            register=not args.no_register, resume=args.resume)
     except CheckpointError as exc:
         print(f"medcl: {exc}", file=sys.stderr)
@@ -93,9 +95,7 @@ def _cmd_pretrain(args) -> int:
 def _cmd_predict(args) -> int:
     import mlflow
 
-    if args.tracking_uri:
-        mlflow.set_tracking_uri(args.tracking_uri)
-        mlflow.set_registry_uri(args.tracking_uri)
+    _uri(args)
     try:
         model = mlflow.pyfunc.load_model(args.model)
     except Exception as exc:  # MLflow raises many types: one line naming the URI
@@ -119,20 +119,23 @@ def _one_line(exc: BaseException) -> str:
     return (text.splitlines()[-1] if text else type(exc).__name__)[:300]
 
 
-def _use_tracking_uri(uri: str | None) -> None:
-    """``--tracking-uri``: read models from, and log runs to, that store."""
+def _uri(args, out_dir: Path | None = None) -> str | None:
+    """The tracking URI of this command, chosen once (``--tracking-uri``, else
+    ``MLFLOW_TRACKING_URI``, else ``OUT/mlflow.db`` for a command with an output folder) and
+    given to MLflow's client; the pipelines receive it as an argument."""
+    uri = tracking.resolve_uri(args.tracking_uri, out_dir)
     if uri:
-        os.environ["MLFLOW_TRACKING_URI"] = uri
+        tracking.use_uri(uri)
+    return uri
 
 
 def _cmd_fewshot(args) -> int:
     from pipelines.fewshot import run_fewshot
 
     overrides = list(args.overrides) + ([f"fewshot.shots=[{args.shots}]"] if args.shots else [])
-    cfg = load_config(args.config, overrides)
-    _use_tracking_uri(args.tracking_uri)
+    cfg = load_checked(args.config, overrides)
     try:
-        summary = run_fewshot(cfg, Path(args.cohort), args.encoder, Path(args.out), args.tracking_uri)
+        summary = run_fewshot(cfg, Path(args.cohort), args.encoder, Path(args.out), _uri(args, Path(args.out)))
     except ValueError as exc:
         print(f"medcl: {exc}", file=sys.stderr)
         return 2
@@ -161,8 +164,7 @@ def _cmd_report(args) -> int:
         else:
             import mlflow
 
-            if args.tracking_uri:
-                mlflow.set_tracking_uri(args.tracking_uri)
+            _uri(args)
             tmp = Path(tempfile.mkdtemp(prefix="medcl-report-"))
             try:
                 folder = Path(mlflow.artifacts.download_artifacts(run_id=args.source, artifact_path="report_data",
@@ -187,9 +189,9 @@ def _cmd_suggest_labels(args) -> int:
 
     from pipelines.fewshot import suggest_labels
 
+    _uri(args)
     try:
-        rows = suggest_labels(Path(args.cohort), args.encoder, args.k, args.method, args.seed, args.all,
-                              args.tracking_uri)
+        rows = suggest_labels(Path(args.cohort), args.encoder, args.k, args.method, args.seed, args.all)
     except ValueError as exc:
         print(f"medcl: {exc}", file=sys.stderr)
         return 2
@@ -207,14 +209,11 @@ def _cmd_suggest_labels(args) -> int:
 def _cmd_promote(args) -> int:
     import mlflow
 
-    from medcl.tracking.registry import promote
+    from medcl.serving.registry import promote
 
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
+    if not _uri(args):
         print("medcl promote: set --tracking-uri or MLFLOW_TRACKING_URI (the registry to change)", file=sys.stderr)
         return 2
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     try:
         changes = promote(args.model, args.version, args.alias)
     except mlflow.exceptions.MlflowException as exc:
@@ -229,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medcl", description="Contrastive pretraining of 3D MRI encoders and few-shot diagnosis, tracked in MLflow.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def uri_option(sp, what: str, out: bool = False) -> None:
+        sp.add_argument("--tracking-uri", help=f"MLflow tracking/registry URI {what} (default: MLFLOW_TRACKING_URI"
+                        + (", else OUT/mlflow.db)" if out else ")"))
+
     def common(sp, config=True):
         if config:
             sp.add_argument("--config", help="YAML config file (every key has a default)")
@@ -238,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="simulated cohort -> pretraining -> few-shot evaluation -> report and registered models")
     d.add_argument("--out", required=True, help="output folder (report.html, summary.json, mlflow.db)")
     common(d)
+    uri_option(d, "to log runs and register models to", out=True)
     d.set_defaults(fn=_cmd_demo)
 
     i = sub.add_parser("ingest", help="DICOM, NIfTI, BIDS or MedMNIST .npz files or folders -> cohort cache (manifest.csv, quarantine.csv)")
@@ -260,11 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from OUT/pretrain/checkpoints/last.pt and its MLflow run (same config)")
     t.add_argument("--no-register", action="store_true", help="log the run but do not register the encoder")
     common(t)
+    uri_option(t, "to log the run and register the encoder to", out=True)
     t.set_defaults(fn=_cmd_pretrain)
 
     r = sub.add_parser("predict", help="class probabilities for NIfTI scans or DICOM folders from a registered model")
     r.add_argument("--model", required=True, help="model URI, e.g. models:/medcl-fewshot@champion")
-    r.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI)")
+    uri_option(r, "the model is read from")
     r.add_argument("scans", nargs="+", help="NIfTI files or DICOM folders (one series each)")
     common(r, config=False)
     r.set_defaults(fn=_cmd_predict)
@@ -275,14 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--cohort", required=True, help="cohort folder made by 'medcl ingest --labels'")
     fs.add_argument("--shots", help="K values, e.g. 1,5,10 (default: fewshot.shots)")
     fs.add_argument("--out", required=True, help="output folder")
-    fs.add_argument("--tracking-uri", help="MLflow URI the encoder is read from and the run logged to")
+    uri_option(fs, "the encoder is read from and the run logged to", out=True)
     common(fs)
     fs.set_defaults(fn=_cmd_fewshot)
 
     rp = sub.add_parser("report", help="render report.html (and .pdf) again from a few-shot output folder or MLflow run id")
     rp.add_argument("source", metavar="RUN_ID_OR_DIR", help="output folder of 'medcl fewshot'/'medcl demo', or a run id")
     rp.add_argument("--out", help="where to write (default: the folder itself, or ./report-RUN_ID)")
-    rp.add_argument("--tracking-uri", help="MLflow URI of the run (default: MLFLOW_TRACKING_URI)")
+    uri_option(rp, "of the run")
     rp.add_argument("--no-pdf", action="store_true", help="HTML only")
     rp.set_defaults(fn=_cmd_report)
 
@@ -296,14 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--all", action="store_true", help="choose among labelled scans too")
     sl.add_argument("--seed", type=int, default=0)
     sl.add_argument("--out", help="also write the list to this CSV file")
-    sl.add_argument("--tracking-uri", help="MLflow URI the encoder is read from")
+    uri_option(sl, "the encoder is read from")
     sl.set_defaults(fn=_cmd_suggest_labels)
 
     m = sub.add_parser("promote", help="point an alias (champion, challenger) of a registered model at a version")
     m.add_argument("model", help="registered model name, e.g. medcl-fewshot")
     m.add_argument("version", help="model version number")
     m.add_argument("--alias", default="champion", help="alias to set (default: champion)")
-    m.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI)")
+    uri_option(m, "whose registry to change")
     m.set_defaults(fn=_cmd_promote)
     return p
 

@@ -9,6 +9,7 @@ names the key, not a crash twenty minutes into training.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -238,8 +239,6 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def _regex_ok(pattern: str) -> bool:
-    import re
-
     try:
         re.compile(pattern)
     except re.error:
@@ -247,101 +246,103 @@ def _regex_ok(pattern: str) -> bool:
     return True
 
 
-def _method_names() -> tuple[str, ...]:
-    from medcl.ssl import METHODS  # the registry table (imports no method until one is built)
+# Each check: (holds, key, why). Value lists that a registry owns (methods, heads, baselines,
+# architectures, cache placements, optimisers) are checked by medcl.validate, above the owners.
 
-    return tuple(METHODS)
-
-
-def _validate(cfg: Config) -> None:
-    checks = [
-        (cfg.data.spacing > 0, "data.spacing", "must be > 0"),
-        (0 < cfg.data.foreground_threshold < 1, "data.foreground_threshold", "must be in (0, 1)"),
-        (cfg.data.policy_4d in ("quarantine", "first", "mean"), "data.policy_4d", "must be quarantine, first or mean"),
-        (cfg.data.workers >= 0, "data.workers", "must be >= 0 (0 = one per CPU core)"),
-        (cfg.data.dicom_min_slices >= 2, "data.dicom_min_slices", "must be >= 2"),
-        (cfg.data.npz_spacing >= 0, "data.npz_spacing", "must be >= 0"),
-        (_regex_ok(cfg.data.dicom_include), "data.dicom_include", "must be a valid regular expression"),
-        (_regex_ok(cfg.data.dicom_exclude), "data.dicom_exclude", "must be a valid regular expression"),
-        (cfg.augment.view_size >= 16, "augment.view_size", "must be >= 16"),
-        (0 < cfg.augment.crop_scale[0] <= cfg.augment.crop_scale[1] <= 1, "augment.crop_scale",
-         "must satisfy 0 < low <= high <= 1"),
-        (0 <= cfg.augment.min_foreground < 1, "augment.min_foreground", "must be in [0, 1)"),
-        (0 <= cfg.augment.min_overlap < 1, "augment.min_overlap", "must be in [0, 1)"),
-        (cfg.augment.shear >= 0, "augment.shear", "must be >= 0"),
-        (0 <= cfg.augment.gibbs_prob <= 1, "augment.gibbs_prob", "must be in [0, 1]"),
-        (0 <= cfg.augment.gibbs_alpha[0] <= cfg.augment.gibbs_alpha[1] < 1, "augment.gibbs_alpha",
-         "must satisfy 0 <= low <= high < 1"),
-        (0 <= cfg.augment.spike_prob <= 1, "augment.spike_prob", "must be in [0, 1]"),
-        (0 < cfg.augment.spike_amplitude[0] <= cfg.augment.spike_amplitude[1], "augment.spike_amplitude",
-         "must satisfy 0 < low <= high"),
-        (cfg.augment.backend in ("batched", "monai"), "augment.backend", "must be batched or monai"),
-        (cfg.augment.cache in ("auto", "device", "pinned", "host", "stream"), "augment.cache",
-         "must be auto, device, pinned, host or stream"),
-        (cfg.model.arch in ("resnet10", "resnet18", "resnet34", "resnet50"), "model.arch",
-         "must be one of resnet10, resnet18, resnet34, resnet50"),
-        (cfg.model.conv1_t_stride in (1, 2), "model.conv1_t_stride", "must be 1 or 2"),
-        (cfg.model.widen_factor > 0, "model.widen_factor", "must be > 0"),
-        (cfg.train.epochs >= 1, "train.epochs", "must be >= 1"),
-        (cfg.train.batch_size >= 2, "train.batch_size", "must be >= 2 (contrastive losses need negatives)"),
-        (cfg.train.lr > 0, "train.lr", "must be > 0"),
-        (cfg.train.num_workers >= 0, "train.num_workers", "must be >= 0"),
-        (cfg.train.worker_kind in ("thread", "process"), "train.worker_kind", "must be thread or process"),
-        (cfg.train.temperature > 0, "train.temperature", "must be > 0"),
-        (cfg.train.method in _method_names(), "train.method", f"must be one of {', '.join(_method_names())}"),
-        (cfg.train.optimizer in ("adamw", "sgd", "lars"), "train.optimizer", "must be adamw, sgd or lars"),
-        (0 <= cfg.train.momentum < 1, "train.momentum", "must be in [0, 1)"),
-        (cfg.train.lars_eta > 0, "train.lars_eta", "must be > 0"),
-        (cfg.train.lr_scaling in ("none", "linear", "sqrt"), "train.lr_scaling", "must be none, linear or sqrt"),
-        (cfg.train.lr_reference_batch >= 1, "train.lr_reference_batch", "must be >= 1"),
-        (cfg.train.weight_decay >= 0, "train.weight_decay", "must be >= 0"),
-        (cfg.train.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0"),
-        (0 <= cfg.train.ema_momentum <= cfg.train.ema_momentum_end <= 1, "train.ema_momentum",
-         "must satisfy 0 <= ema_momentum <= ema_momentum_end <= 1"),
-        (cfg.train.queue_size >= 0, "train.queue_size", "must be >= 0"),
-        (cfg.train.barlow_lambda >= 0, "train.barlow_lambda", "must be >= 0"),
-        (all(w >= 0 for w in cfg.train.vicreg_weights), "train.vicreg_weights", "must all be >= 0"),
-        (cfg.train.margin >= 0, "train.margin", "must be >= 0"),
-        (0 <= cfg.train.pos_margin < cfg.train.neg_margin, "train.pos_margin", "must satisfy 0 <= pos_margin < neg_margin"),
-        (cfg.train.npair_l2_reg >= 0, "train.npair_l2_reg", "must be >= 0"),
-        (cfg.train.precision in ("auto", "fp32", "bf16", "fp16", "fp64"), "train.precision",
-         "must be auto, fp32, bf16, fp16 or fp64"),
-        (cfg.train.ddp_backend in ("auto", "nccl", "gloo"), "train.ddp_backend", "must be auto, nccl or gloo"),
-        (cfg.train.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", "must be >= 0 (0 = off)"),
-        (cfg.train.collapse_threshold >= 0, "train.collapse_threshold", "must be >= 0"),
-        (cfg.train.knn_every_epochs >= 0, "train.knn_every_epochs", "must be >= 0 (0 = off)"),
-        (cfg.train.knn_k >= 1, "train.knn_k", "must be >= 1"),
-        (cfg.train.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda"),
-        (all(k >= 1 for k in cfg.fewshot.shots), "fewshot.shots", "must all be >= 1"),
-        (cfg.fewshot.n_query >= 1, "fewshot.n_query", "must be >= 1"),
-        (cfg.fewshot.n_episodes >= 1, "fewshot.n_episodes", "must be >= 1"),
-        (cfg.fewshot.primary_head in cfg.fewshot.heads, "fewshot.primary_head", "must be one of fewshot.heads"),
-        (set(cfg.fewshot.heads) <= {"prototype", "prototype_euclidean", "logreg", "knn"}, "fewshot.heads",
-         "must be among prototype, prototype_euclidean, logreg, knn"),
-        (set(cfg.fewshot.baselines) <= {"raw_voxels", "scratch"}, "fewshot.baselines",
-         "must be among raw_voxels, scratch"),
-        (cfg.fewshot.logreg_episodes >= 1, "fewshot.logreg_episodes", "must be >= 1"),
-        (len(cfg.fewshot.logreg_Cs) >= 1 and all(c > 0 for c in cfg.fewshot.logreg_Cs), "fewshot.logreg_Cs",
-         "must be one or more numbers > 0"),
-        (cfg.fewshot.logreg_C > 0, "fewshot.logreg_C", "must be > 0"),
-        (cfg.fewshot.knn_k >= 1, "fewshot.knn_k", "must be >= 1"),
-        (cfg.fewshot.pca_components >= 1, "fewshot.pca_components", "must be >= 1"),
-        (cfg.fewshot.scratch_episodes >= 1, "fewshot.scratch_episodes", "must be >= 1"),
-        (cfg.fewshot.scratch_steps >= 1, "fewshot.scratch_steps", "must be >= 1"),
-        (cfg.fewshot.scratch_view_size >= 16, "fewshot.scratch_view_size", "must be >= 16"),
-        (cfg.fewshot.scratch_widen > 0, "fewshot.scratch_widen", "must be > 0"),
-        (cfg.fewshot.scratch_lr > 0, "fewshot.scratch_lr", "must be > 0"),
-        (cfg.fewshot.probe_folds >= 2, "fewshot.probe_folds", "must be >= 2"),
-        (cfg.fewshot.n_boot >= 0, "fewshot.n_boot", "must be >= 0 (0 = no bootstrap intervals)"),
-        (cfg.fewshot.budget_method in ("kmedoids", "kcenter", "none"), "fewshot.budget_method",
-         "must be kmedoids, kcenter or none"),
-        (cfg.fewshot.budget_random >= 1, "fewshot.budget_random", "must be >= 1"),
-        (cfg.fewshot.embedding_map in ("tsne", "none"), "fewshot.embedding_map", "must be tsne or none"),
-        (cfg.demo.n_subjects >= 6, "demo.n_subjects", "must be >= 6"),
+def _data_checks(d: DataConfig) -> list[tuple[bool, str, str]]:
+    return [
+        (d.spacing > 0, "data.spacing", "must be > 0"),
+        (0 < d.foreground_threshold < 1, "data.foreground_threshold", "must be in (0, 1)"),
+        (d.policy_4d in ("quarantine", "first", "mean"), "data.policy_4d", "must be quarantine, first or mean"),
+        (d.workers >= 0, "data.workers", "must be >= 0 (0 = one per CPU core)"),
+        (d.dicom_min_slices >= 2, "data.dicom_min_slices", "must be >= 2"),
+        (d.npz_spacing >= 0, "data.npz_spacing", "must be >= 0"),
+        (_regex_ok(d.dicom_include), "data.dicom_include", "must be a valid regular expression"),
+        (_regex_ok(d.dicom_exclude), "data.dicom_exclude", "must be a valid regular expression"),
     ]
+
+
+def _augment_checks(a: AugmentConfig) -> list[tuple[bool, str, str]]:
+    return [
+        (a.view_size >= 16, "augment.view_size", "must be >= 16"),
+        (0 < a.crop_scale[0] <= a.crop_scale[1] <= 1, "augment.crop_scale", "must satisfy 0 < low <= high <= 1"),
+        (0 <= a.min_foreground < 1, "augment.min_foreground", "must be in [0, 1)"),
+        (0 <= a.min_overlap < 1, "augment.min_overlap", "must be in [0, 1)"),
+        (a.shear >= 0, "augment.shear", "must be >= 0"),
+        (0 <= a.gibbs_prob <= 1, "augment.gibbs_prob", "must be in [0, 1]"),
+        (0 <= a.gibbs_alpha[0] <= a.gibbs_alpha[1] < 1, "augment.gibbs_alpha", "must satisfy 0 <= low <= high < 1"),
+        (0 <= a.spike_prob <= 1, "augment.spike_prob", "must be in [0, 1]"),
+        (0 < a.spike_amplitude[0] <= a.spike_amplitude[1], "augment.spike_amplitude", "must satisfy 0 < low <= high"),
+        (a.backend in ("batched", "monai"), "augment.backend", "must be batched or monai"),
+    ]
+
+
+def _model_checks(m: ModelConfig) -> list[tuple[bool, str, str]]:
+    return [
+        (m.conv1_t_stride in (1, 2), "model.conv1_t_stride", "must be 1 or 2"),
+        (m.widen_factor > 0, "model.widen_factor", "must be > 0"),
+    ]
+
+
+def _train_checks(t: TrainConfig) -> list[tuple[bool, str, str]]:
+    return [
+        (t.epochs >= 1, "train.epochs", "must be >= 1"),
+        (t.batch_size >= 2, "train.batch_size", "must be >= 2 (contrastive losses need negatives)"),
+        (t.lr > 0, "train.lr", "must be > 0"),
+        (t.num_workers >= 0, "train.num_workers", "must be >= 0"),
+        (t.temperature > 0, "train.temperature", "must be > 0"),
+        (0 <= t.momentum < 1, "train.momentum", "must be in [0, 1)"),
+        (t.lars_eta > 0, "train.lars_eta", "must be > 0"),
+        (t.lr_scaling in ("none", "linear", "sqrt"), "train.lr_scaling", "must be none, linear or sqrt"),
+        (t.lr_reference_batch >= 1, "train.lr_reference_batch", "must be >= 1"),
+        (t.weight_decay >= 0, "train.weight_decay", "must be >= 0"),
+        (t.warmup_epochs >= 0, "train.warmup_epochs", "must be >= 0"),
+        (t.precision in ("auto", "fp32", "bf16", "fp16", "fp64"), "train.precision",
+         "must be auto, fp32, bf16, fp16 or fp64"),
+        (t.ddp_backend in ("auto", "nccl", "gloo"), "train.ddp_backend", "must be auto, nccl or gloo"),
+        (t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", "must be >= 0 (0 = off)"),
+        (t.collapse_threshold >= 0, "train.collapse_threshold", "must be >= 0"),
+        (t.knn_every_epochs >= 0, "train.knn_every_epochs", "must be >= 0 (0 = off)"),
+        (t.knn_k >= 1, "train.knn_k", "must be >= 1"),
+        (t.device in ("auto", "cpu", "cuda"), "train.device", "must be auto, cpu or cuda"),
+    ]
+
+
+def _fewshot_checks(f: FewShotConfig) -> list[tuple[bool, str, str]]:
+    return [
+        (all(k >= 1 for k in f.shots), "fewshot.shots", "must all be >= 1"),
+        (f.n_query >= 1, "fewshot.n_query", "must be >= 1"),
+        (f.n_episodes >= 1, "fewshot.n_episodes", "must be >= 1"),
+        (f.primary_head in f.heads, "fewshot.primary_head", "must be one of fewshot.heads"),
+        (f.logreg_episodes >= 1, "fewshot.logreg_episodes", "must be >= 1"),
+        (len(f.logreg_Cs) >= 1 and all(c > 0 for c in f.logreg_Cs), "fewshot.logreg_Cs",
+         "must be one or more numbers > 0"),
+        (f.logreg_C > 0, "fewshot.logreg_C", "must be > 0"),
+        (f.knn_k >= 1, "fewshot.knn_k", "must be >= 1"),
+        (f.pca_components >= 1, "fewshot.pca_components", "must be >= 1"),
+        (f.scratch_episodes >= 1, "fewshot.scratch_episodes", "must be >= 1"),
+        (f.scratch_steps >= 1, "fewshot.scratch_steps", "must be >= 1"),
+        (f.scratch_view_size >= 16, "fewshot.scratch_view_size", "must be >= 16"),
+        (f.scratch_widen > 0, "fewshot.scratch_widen", "must be > 0"),
+        (f.scratch_lr > 0, "fewshot.scratch_lr", "must be > 0"),
+        (f.probe_folds >= 2, "fewshot.probe_folds", "must be >= 2"),
+        (f.n_boot >= 0, "fewshot.n_boot", "must be >= 0 (0 = no bootstrap intervals)"),
+        (f.budget_random >= 1, "fewshot.budget_random", "must be >= 1"),
+        (f.embedding_map in ("tsne", "none"), "fewshot.embedding_map", "must be tsne or none"),
+    ]
+
+
+def raise_failed(cfg: "Config", checks: list[tuple[bool, str, str]]) -> None:
+    """The first failed ``(holds, key, why)`` check as a one-line ConfigError naming the key."""
     for ok, key, why in checks:
         if not ok:
             raise ConfigError(f"config key '{key}' {why}, got {_get(cfg, key)!r}")
+
+
+def _validate(cfg: Config) -> None:
+    raise_failed(cfg, _data_checks(cfg.data) + _augment_checks(cfg.augment) + _model_checks(cfg.model)
+                 + _train_checks(cfg.train) + _fewshot_checks(cfg.fewshot)
+                 + [(cfg.demo.n_subjects >= 6, "demo.n_subjects", "must be >= 6")])
 
 
 def _get(cfg: Config, dotted: str) -> Any:

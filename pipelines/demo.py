@@ -16,8 +16,8 @@ from medcl.data.demo import make_demo_sources
 from medcl.data.ingest import ingest
 from medcl.models import build_encoder
 from medcl.report import DEMO_BANNER, MontageSample
-from medcl.tracking.inference import load_encoder
-from medcl.tracking.registry import alias_new_version, log_fewshot
+from medcl.serving.inference import load_encoder
+from medcl.serving.registry import alias_new_version, log_fewshot
 from pipelines.fewshot import (_card, build_report_data, evaluate_encoders, fit_deployable_head, log_to_mlflow,
                                save_features, summary_block, write_report, write_summary)
 from pipelines.pretrain import encoder_meta, run_pretrain
@@ -38,7 +38,7 @@ def montage_samples(cohort: Cohort, cfg: Config, seed: int = 0) -> list[MontageS
     return out
 
 
-def run_demo(cfg: Config, out: Path, progress: bool = True) -> dict:
+def run_demo(cfg: Config, out: Path, tracking_uri: str, progress: bool = True) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -52,7 +52,7 @@ def run_demo(cfg: Config, out: Path, progress: bool = True) -> dict:
     cohort = Cohort.load(out / "cohort")
     timings["ingest"] = time.perf_counter() - t0 - sum(timings.values())
 
-    pre = run_pretrain(cfg, out / "cohort", out, progress=progress)
+    pre = run_pretrain(cfg, out / "cohort", out, tracking_uri, progress=progress)
     timings["pretrain"] = time.perf_counter() - t0 - sum(timings.values())
 
     meta = encoder_meta(cfg)
@@ -62,7 +62,7 @@ def run_demo(cfg: Config, out: Path, progress: bool = True) -> dict:
     save_features(fs, out / "features.npz")
     timings["fewshot"] = time.perf_counter() - t0 - sum(timings.values())
 
-    tracking.setup(out, f"{cfg.tracking.experiment}-fewshot")
+    tracking.setup(tracking_uri, f"{cfg.tracking.experiment}-fewshot", out)
     lineage = {"medcl.pretrain_run_id": pre.run_id or "", "medcl.encoder_uri": pre.encoder_uri or "",
                "medcl.encoder_version": (pre.encoder_uri or "").rsplit("/", 1)[-1]}
     with tracking.start_run("fewshot-demo", tags={"medcl.stage": "fewshot", **lineage,
@@ -123,7 +123,7 @@ def run_demo(cfg: Config, out: Path, progress: bool = True) -> dict:
         "report": {"html": str(paths["html"]), "pdf": str(paths["pdf"]) if paths["pdf"] else None},
         "pretrain": {"steps": pre.result.steps, "seconds": round(pre.result.seconds, 1),
                      "final_loss": pre.result.losses[-1]},
-        "mlflow": {"tracking_uri": tracking.tracking_uri_for(out), "pretrain_run_id": pre.run_id,
+        "mlflow": {"tracking_uri": tracking_uri, "pretrain_run_id": pre.run_id,
                    "fewshot_run_id": fewshot_run, "encoder_model_uri": pre.encoder_uri,
                    "fewshot_model_uri": f"models:/{cfg.tracking.fewshot_model_name}@{alias}"},
         "timings_seconds": {k: round(v, 1) for k, v in timings.items()},

@@ -354,35 +354,27 @@ def save_features(out: FewShotOutput, path: Path) -> None:
                         **{f"features_{k}": v for k, v in out.features.items()})
 
 
-def load_encoder_uri(uri: str, tracking_uri: str | None = None):
+def load_encoder_uri(uri: str):
     """``(encoder, meta)`` from an MLflow model URI (``models:/NAME@ALIAS``, ``runs:/ID/encoder``)
-    or a local MLflow model folder logged by medcl (encoder or few-shot model); ``tracking_uri``:
-    the store to read it from (default: the current one)."""
+    or a local MLflow model folder logged by medcl (encoder or few-shot model), read from the
+    store MLflow's client points at (the CLI sets it once, :func:`medcl.tracking.use_uri`)."""
     import mlflow
 
-    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     try:
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
-            mlflow.set_registry_uri(tracking_uri)
         model = mlflow.pyfunc.load_model(uri)
     except Exception as exc:  # MLflow raises many types; one line that names the URI
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{uri}: cannot load the encoder model ({msg[:300]})") from None
-    finally:
-        if tracking_uri:
-            mlflow.set_tracking_uri(before[0])
-            mlflow.set_registry_uri(before[1])
     inner = model.unwrap_python_model()
     if not hasattr(inner, "encoder") or not hasattr(inner, "meta"):
         raise ValueError(f"{uri}: not a medcl encoder or few-shot model")
     return inner.encoder.eval(), inner.meta
 
 
-def run_fewshot(cfg: Config, cohort_dir: Path, encoder_uri: str, out_dir: Path, tracking_uri: str | None = None) -> dict:
-    """``medcl fewshot``: evaluate a registered encoder (read from ``tracking_uri``, default the
-    current store) on a cohort's labelled scans against the baselines, log a ``fewshot`` run to
-    MLflow (``MLFLOW_TRACKING_URI``, else ``OUT/mlflow.db``), write report.html/.pdf and summary.json."""
+def run_fewshot(cfg: Config, cohort_dir: Path, encoder_uri: str, out_dir: Path, tracking_uri: str) -> dict:
+    """``medcl fewshot``: evaluate a registered encoder (read from ``tracking_uri``) on a cohort's
+    labelled scans against the baselines, log a ``fewshot`` run to the same store, write
+    report.html/.pdf and summary.json."""
     from medcl import tracking
     from medcl.models import build_encoder
 
@@ -392,8 +384,8 @@ def run_fewshot(cfg: Config, cohort_dir: Path, encoder_uri: str, out_dir: Path, 
     cohort = Cohort.load(cohort_dir)
     if not len(cohort.select(labelled=True)):
         raise ValueError(f"{cohort_dir}: the cohort has no labelled scans (ingest with --labels)")
-    tracking.setup(out_dir, f"{cfg.tracking.experiment}-fewshot")
-    encoder, meta = load_encoder_uri(encoder_uri, tracking_uri)
+    tracking.setup(tracking_uri, f"{cfg.tracking.experiment}-fewshot", out_dir)
+    encoder, meta = load_encoder_uri(encoder_uri)
     random_init = build_encoder(meta["arch"], meta["conv1_t_stride"], meta.get("widen_factor", 1.0),
                                 seed=cfg.train.seed).eval()
     fs = evaluate_encoders(cfg, cohort, {"pretrained": encoder, "random_init": random_init}, meta["view_size"])
@@ -414,7 +406,7 @@ def run_fewshot(cfg: Config, cohort_dir: Path, encoder_uri: str, out_dir: Path, 
     summary = {"cohort": fs.counts(), "fewshot": summary_block(cfg, fs), "fewshot_all_heads": fs.results,
                "ceiling": fs.ceiling, "paired": fs.paired, "budget": fs.budget,
                "report": {"html": str(paths["html"]), "pdf": str(paths["pdf"]) if paths["pdf"] else None},
-               "mlflow": {"tracking_uri": tracking.tracking_uri_for(out_dir), "fewshot_run_id": run.run_id,
+               "mlflow": {"tracking_uri": tracking_uri, "fewshot_run_id": run.run_id,
                           "encoder_uri": encoder_uri},
                "timings_seconds": {**fs.timings, "total": round(time.perf_counter() - t0, 1)}}
     write_summary(out_dir / "summary.json", summary)
@@ -449,7 +441,7 @@ def _card(cfg: Config, fs: FewShotOutput, encoder: str, demo: bool, deploy_shots
 
 
 def suggest_labels(cohort_dir: Path, encoder_uri: str, n: int, method: str = "kmedoids", seed: int = 0,
-                   include_labelled: bool = False, tracking_uri: str | None = None) -> list[dict]:
+                   include_labelled: bool = False) -> list[dict]:
     """``medcl suggest-labels``: the ``n`` scans to label first (one per subject), ranked, from
     the cohort's unlabelled scans (all scans with ``include_labelled`` or when none is
     unlabelled), chosen in the encoder's embedding space. Rows: rank, scan_key, subject_key."""
@@ -464,7 +456,7 @@ def suggest_labels(cohort_dir: Path, encoder_uri: str, n: int, method: str = "km
     n_subjects = len(set(pool.subjects.tolist()))
     if not 1 <= n <= n_subjects:
         raise ValueError(f"--k {n}: must be between 1 and the {n_subjects} subjects available")
-    encoder, meta = load_encoder_uri(encoder_uri, tracking_uri)
+    encoder, meta = load_encoder_uri(encoder_uri)
     feats = embed_cohort(encoder, pool, meta["view_size"])
     picked = suggest(feats, pool.subjects, n, method, seed)
     return [{"rank": r + 1, "scan_key": pool.rows[i]["scan_key"], "subject_key": pool.rows[i]["subject_key"]}

@@ -12,7 +12,7 @@ import yaml
 from medcl import tracking
 from medcl.config import Config, config_to_dict, flatten
 from medcl.data.cohort import Cohort
-from medcl.tracking.registry import alias_new_version, log_encoder
+from medcl.serving.registry import alias_new_version, log_encoder
 from medcl.train import PretrainResult, pretrain
 from medcl.train.checkpoint import read_run_id
 from medcl.train.distributed import is_main_process
@@ -49,9 +49,9 @@ def _continued_run(run_id: str, name: str):
         yield RunHandle(run_id, name, "", run_id=run_id)
 
 
-def run_pretrain(cfg: Config, cohort_dir: Path, out_dir: Path, progress: bool = True,
+def run_pretrain(cfg: Config, cohort_dir: Path, out_dir: Path, tracking_uri: str, progress: bool = True,
                  register: bool = True, resume: bool = False) -> PretrainOutput:
-    """Pretrain on ``cohort_dir``'s train split, log to MLflow, register the encoder. With
+    """Pretrain on ``cohort_dir``'s train split, log to MLflow at ``tracking_uri``, register the encoder. With
     ``resume``, continue from ``out_dir/pretrain/checkpoints/last.pt`` and its MLflow run.
     Under torchrun only rank 0 talks to MLflow; the other ranks train and return no run."""
     out_dir = Path(out_dir)
@@ -61,7 +61,7 @@ def run_pretrain(cfg: Config, cohort_dir: Path, out_dir: Path, progress: bool = 
         result = pretrain(cfg, cohort, out_dir / "pretrain", progress=False, resume=resume)
         return PretrainOutput(None, result, None)
     resume_id = read_run_id(out_dir / "pretrain" / "checkpoints" / "last.pt") if resume else ""
-    tracking.setup(out_dir, f"{cfg.tracking.experiment}-pretrain")
+    tracking.setup(tracking_uri, f"{cfg.tracking.experiment}-pretrain", out_dir)
     cfg_dict = config_to_dict(cfg)
     name = f"pretrain-{cfg.train.method}"
     with (_continued_run(resume_id, name) if resume_id else
@@ -74,7 +74,7 @@ def run_pretrain(cfg: Config, cohort_dir: Path, out_dir: Path, progress: bool = 
         tracking.log_artifact(result.checkpoint_path, "checkpoints")
         uri = None
         if register:
-            from medcl.tracking.inference import load_encoder
+            from medcl.serving.inference import load_encoder
 
             encoder = load_encoder(result.encoder_path, encoder_meta(cfg))
             name = cfg.tracking.encoder_model_name

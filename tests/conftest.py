@@ -174,7 +174,7 @@ def registered_models(mlflow_server, tmp_path_factory):
     import mlflow
 
     import medcl.tracking as tracking
-    from medcl.tracking import registry
+    from medcl.serving import registry
 
     out = tmp_path_factory.mktemp("registered")
     with pytest.MonkeyPatch.context() as mp:
@@ -184,7 +184,7 @@ def registered_models(mlflow_server, tmp_path_factory):
         mp.setattr(tracking, "_stack", [])
         enc, head = tiny_encoder_and_head()
         meta = tiny_meta()
-        tracking.setup(out, "medcl-test-registry")
+        tracking.setup(tracking.resolve_uri(None, out), "medcl-test-registry", out)
         with tracking.start_run("pretrain-tiny") as pre:
             enc_info = registry.log_encoder(enc, meta, "medcl-encoder", run=pre,
                                             version_tags={"medcl.pretrain_run_id": pre.run_id})

@@ -1,6 +1,7 @@
 import pytest
 
 from medcl.config import ConfigError, config_to_dict, flatten, load_config
+from medcl.validate import load_checked
 
 
 def test_defaults_yaml_and_overrides(tmp_path):
@@ -21,10 +22,15 @@ def test_defaults_yaml_and_overrides(tmp_path):
     ("augment.crop_scale=[0.9, 0.5]", "augment.crop_scale"),
     ("train.batch_size=1", "train.batch_size"),
     ("nosection.x=1", "nosection"),
+    ("train.method=simclrr", "train.method"),
+    ("augment.cache=gpu", "augment.cache"),
+    ("fewshot.heads=[prototype, svm]", "fewshot.heads"),
+    ("fewshot.baselines=[radiomix]", "fewshot.baselines"),
+    ("train.optimizer=adam", "train.optimizer"),
 ])
 def test_bad_keys_and_values_are_one_line_errors_naming_the_key(override, named):
     with pytest.raises(ConfigError) as exc:
-        load_config(None, [override])
+        load_checked(None, [override])
     assert named in str(exc.value) and "\n" not in str(exc.value)
 
 
@@ -41,4 +47,27 @@ def test_shipped_configs_load():
     files = sorted(Path(__file__).parents[1].joinpath("configs").rglob("*.yaml"))
     assert files, "configs/ ships at least one config"
     for f in files:
-        load_config(f)
+        load_checked(f)
+
+
+@pytest.mark.parametrize("method,override,named", [
+    ("moco", "train.queue_size=-1", "train.queue_size"),
+    ("byol", "train.ema_momentum=1.5", "train.ema_momentum"),
+    ("barlow_twins", "train.barlow_lambda=-1", "train.barlow_lambda"),
+    ("vicreg", "train.vicreg_weights=[1, -1, 1]", "train.vicreg_weights"),
+    ("triplet", "train.margin=-0.1", "train.margin"),
+    ("margin", "train.pos_margin=2.0", "train.pos_margin"),
+    ("npair", "train.npair_l2_reg=-1", "train.npair_l2_reg"),
+])
+def test_each_method_checks_its_own_settings(method, override, named):
+    with pytest.raises(ConfigError, match=named):
+        load_checked(None, [f"train.method={method}", override])
+    # another method does not read that setting, so it is not refused there
+    other = "simclr" if method != "simclr" else "moco"
+    load_checked(None, [f"train.method={other}", override])
+
+
+def test_type_and_range_checks_need_no_registry():
+    """config.load_config alone (no registry imported) still refuses bad types and ranges."""
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config(None, ["train.lr=0"])

@@ -94,6 +94,7 @@ def _run_method(name: str, rank: int, world: int) -> list[tuple[float, dict[str,
 
 
 def worker(out_dir: Path, cohort_dir: Path) -> None:
+    from medcl import tracking
     from medcl.config import load_config
     from medcl.train import distributed
     from pipelines.pretrain import run_pretrain
@@ -102,7 +103,8 @@ def worker(out_dir: Path, cohort_dir: Path) -> None:
     results = {name: run_method(name, info.rank, info.world) for name in METHODS}
     if info.main:
         torch.save(results, out_dir / "ddp_results.pt")
-    out = run_pretrain(load_config(None, PRETRAIN), cohort_dir, out_dir / "run", progress=False, register=False)
+    out = run_pretrain(load_config(None, PRETRAIN), cohort_dir, out_dir / "run", tracking.resolve_uri(None, out_dir / "run"),
+                       progress=False, register=False)
     if info.main:
         (out_dir / "run_id.txt").write_text(str(out.run_id))
     distributed.teardown(info)

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from medcl import tracking
 from medcl.cli import main
 from medcl.config import load_config
 from medcl.report.browser import browser_check, find_browser
@@ -29,7 +30,7 @@ SECTIONS = ["summary", "cohort", "method", "curves", "metrics", "confusion", "ro
 def demo_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    summary = run_demo(load_config(None, TINY), out, progress=False)
+    summary = run_demo(load_config(None, TINY), out, tracking.resolve_uri(None, out), progress=False)
     return out, summary
 
 
@@ -133,7 +134,6 @@ FEWSHOT_CLI = ["fewshot.n_episodes=20", "fewshot.n_query=1", "fewshot.logreg_epi
 def test_fewshot_report_and_suggest_labels_commands(demo_out, tmp_path, capsys, monkeypatch):
     out, summary = demo_out
     uri = summary["mlflow"]["tracking_uri"]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)            # --tracking-uri sets it; restore it afterwards
     enc = "models:/medcl-encoder@champion"
     rc = main(["fewshot", "--encoder", enc, "--cohort", str(out / "cohort"), "--shots", "1,2", "--out",
                str(tmp_path / "fs"), "--tracking-uri", uri, "--quiet", *FEWSHOT_CLI])

@@ -69,7 +69,7 @@ def test_planted_identifiers_cover_at_least_12_fields(sources):
 def test_no_identifier_after_ingest_pretrain_fewshot_and_report(sources, tmp_path, capsys, caplog):
     from medcl.models import build_encoder
     from medcl.report import ReportData, render_report
-    from medcl.tracking.inference import load_encoder
+    from medcl.serving.inference import load_encoder
     from pipelines.fewshot import evaluate_encoders, save_features
     from pipelines.pretrain import encoder_meta, run_pretrain
 
@@ -83,12 +83,12 @@ def test_no_identifier_after_ingest_pretrain_fewshot_and_report(sources, tmp_pat
                      test_fraction=0.5, progress=True, shots=1)
     assert res.counts()["ingested"] == 8 and not res.quarantined, res.quarantined
     cohort = Cohort.load(out / "cohort")
-    pre = run_pretrain(cfg, out / "cohort", out, progress=True, register=False)
+    pre = run_pretrain(cfg, out / "cohort", out, tracking.resolve_uri(None, out), progress=True, register=False)
     encoders = {"pretrained": load_encoder(pre.result.encoder_path, encoder_meta(cfg)),
                 "random_init": build_encoder(cfg.model.arch, cfg.model.conv1_t_stride, cfg.model.widen_factor, seed=0)}
     fs = evaluate_encoders(cfg, cohort, encoders)
     save_features(fs, out / "features.npz")
-    tracking.setup(out, "medcl-fewshot")
+    tracking.setup(tracking.resolve_uri(None, out), "medcl-fewshot", out)
     with mlflow.start_run(run_name="fewshot-phi-test"):
         for enc, heads in fs.results.items():
             for k, r in heads["prototype"].items():

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import TINY_META_SPACING, tiny_encoder_and_head, tiny_meta, use_mlflow
 
-from medcl.tracking import registry
+from medcl.serving import registry
 
 
 def head_volume(seed: int = 0) -> np.ndarray:
@@ -76,7 +76,7 @@ def test_versions_carry_signature_example_requirements_card_and_lineage(register
         # models from code: the python model is a source file, weights a state dict, head arrays
         pyfunc = mlmodel["flavors"]["python_function"]
         assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in pyfunc
-        assert (dest / f"{kind}_model.py").exists() and (dest / "code" / "medcl" / "tracking" / "inference.py").exists()
+        assert (dest / f"{kind}_model.py").exists() and (dest / "code" / "medcl" / "serving" / "inference.py").exists()
         assert not list(dest.rglob("*.pkl")) and not list(dest.rglob("*.pickle"))
         card = (dest / "artifacts" / "model_card.md").read_text()
         for section in ("## Intended use", "## Training data", "## Limitations", "## Input and output"):
@@ -144,7 +144,7 @@ def test_fresh_process_with_only_the_registry_uri_runs_both_models_without_unpic
     half = np.array([out["array_half_spacing"][0][c] for c in classes])
     assert not np.allclose(half, array, atol=1e-4)
     # the encoder in the registry is the one that was logged
-    from medcl.tracking.inference import embed_inputs
+    from medcl.serving.inference import embed_inputs
 
     expected = embed_inputs(registered_models["encoder"], [scans["nifti"]], registered_models["meta"])
     assert np.allclose(np.asarray(out["encoder"]), expected, atol=1e-5)
@@ -172,7 +172,7 @@ def test_new_version_is_challenger_and_promote_moves_champion(registered_models,
     monkeypatch.setattr(tracking, "_stack", [])
     name = "medcl-fewshot-promote"
     enc, head = tiny_encoder_and_head(seed=1)
-    tracking.setup(tmp_path, "medcl-test-registry")
+    tracking.setup(tracking.resolve_uri(None, tmp_path), "medcl-test-registry", tmp_path)
     versions = []
     try:
         for _ in range(2):

@@ -66,7 +66,7 @@ def test_retry_waits_with_doubling_backoff_and_gives_up():
 
 def test_run_logs_config_environment_system_metrics_steps_and_nested_runs(tracking_env, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
-    uri = tracking.setup(tmp_path, "medcl-test-tracking")
+    uri = tracking.setup(tracking.resolve_uri(None, tmp_path), "medcl-test-tracking", tmp_path)
     assert uri == tracking_env.uri
     with tracking.start_run("unit-run", tags={"medcl.stage": "test"}) as run:
         tracking.log_params({"train.lr": 0.001, "model.arch": "resnet10"})
@@ -107,7 +107,7 @@ def test_run_logs_config_environment_system_metrics_steps_and_nested_runs(tracki
 
 
 def test_failed_block_marks_the_run_failed(tracking_env, tmp_path):
-    tracking.setup(tmp_path, "medcl-test-tracking")
+    tracking.setup(tracking.resolve_uri(None, tmp_path), "medcl-test-tracking", tmp_path)
     with pytest.raises(ZeroDivisionError):
         with tracking.start_run("crashes", system_metrics=False, log_environment=False) as run:
             tracking.log_metrics({"loss": 1.0}, 0)
@@ -116,7 +116,7 @@ def test_failed_block_marks_the_run_failed(tracking_env, tmp_path):
 
 
 def test_a_refused_record_is_dropped_with_a_warning_and_logging_goes_on(tracking_env, tmp_path):
-    tracking.setup(tmp_path, "medcl-test-tracking")
+    tracking.setup(tracking.resolve_uri(None, tmp_path), "medcl-test-tracking", tmp_path)
     with tracking.start_run("refused", system_metrics=False, log_environment=False) as run:
         tracking.log_params({"a": 1})
         with pytest.warns(TrackingWarning, match="refused"):
@@ -153,7 +153,7 @@ def test_pretrain_pipeline_run_is_tracked_and_its_encoder_registered(tracking_en
                              "tracking.encoder_model_name=medcl-encoder-pipeline-test"])
     src = _tiny_cohort(tmp_path)
     ingest([src], tmp_path / "cohort", cfg.data, progress=False)
-    out = run_pretrain(cfg, tmp_path / "cohort", tmp_path / "out", progress=False)
+    out = run_pretrain(cfg, tmp_path / "cohort", tmp_path / "out", tracking.resolve_uri(None, tmp_path / "out"), progress=False)
     client = _client(tracking_env.uri)
     r = client.get_run(out.run_id)
     assert r.info.status == "FINISHED" and r.info.run_name == "pretrain-simclr"

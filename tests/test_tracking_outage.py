@@ -48,7 +48,7 @@ def _history(client, run_id, key):
 def test_server_killed_mid_run_the_run_finishes_and_nothing_is_lost(env, tmp_path):
     server = env
     spool = tracking.spool_path_for(tmp_path)
-    tracking.setup(tmp_path, "medcl-outage")
+    tracking.setup(tracking.resolve_uri(None, tmp_path), "medcl-outage", tmp_path)
     (tmp_path / "ckpt.txt").write_text("checkpoint at step 14")
     with tracking.start_run("outage", log_environment=False) as run:
         tracking.log_params({"lr": 0.1})
@@ -105,7 +105,7 @@ def test_run_while_the_server_stays_down_is_sent_later_by_replay(env, tmp_path, 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
     spool = tracking.spool_path_for(tmp_path)
     with pytest.warns(TrackingWarning) as caught:
-        tracking.setup(tmp_path, "medcl-offline")
+        tracking.setup(tracking.resolve_uri(None, tmp_path), "medcl-offline", tmp_path)
         with tracking.start_run("offline-parent", tags={"medcl.stage": "pretrain"}) as run:
             assert run.run_id is None
             tracking.log_params({"epochs": 3})
@@ -140,12 +140,12 @@ def test_run_while_the_server_stays_down_is_sent_later_by_replay(env, tmp_path, 
 def test_a_model_that_cannot_be_registered_is_saved_locally_and_loads(env, tmp_path, monkeypatch):
     from conftest import free_port, tiny_encoder_and_head, tiny_meta
 
-    from medcl.tracking import registry
+    from medcl.serving import registry
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")   # nothing listens
     enc, head = tiny_encoder_and_head()
     with pytest.warns(TrackingWarning, match="was not registered.*saved at"):
-        tracking.setup(tmp_path, "medcl-offline")
+        tracking.setup(tracking.resolve_uri(None, tmp_path), "medcl-offline", tmp_path)
         with tracking.start_run("offline-fewshot", log_environment=False) as run:
             info = registry.log_fewshot(enc, head, tiny_meta(), "medcl-fewshot", run=run)
     assert info is None

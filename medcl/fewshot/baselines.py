@@ -31,7 +31,10 @@ from medcl.fewshot.heads import l2_normalise
 from medcl.fewshot.logistic import fit_logistic, logits, loso_feasible, loso_fit, span_coordinates
 from medcl.fewshot.stats import EpisodePredictions
 
-__all__ = ["pca_features", "scratch_predictions", "linear_probe", "downsample_views"]
+__all__ = ["BASELINES", "pca_features", "scratch_predictions", "linear_probe", "downsample_views"]
+
+# fewshot.baselines: the encoder-free baselines scored beside the random-init encoder
+BASELINES = ("raw_voxels", "scratch")
 
 
 def pca_features(fit_on: np.ndarray, transform: np.ndarray, n_components: int) -> np.ndarray:

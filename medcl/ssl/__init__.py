@@ -23,44 +23,50 @@ label; a scan without a label (empty in the manifest, ``-1`` in the batch) is a 
 own, so its only positive is its other view. With no labels at all these methods are
 instance discrimination.
 
-This module imports nothing heavy: the config validates ``train.method`` against
-:data:`METHODS` without importing torch.
+Each method checks its own settings (:meth:`~medcl.ssl.base.Method.checks`); medcl.validate runs
+the checks of the method the config selects.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
-METHODS: dict[str, str | Callable] = {
-    "simclr": "medcl.ssl.simclr:SimCLR",
-    "moco": "medcl.ssl.moco:MoCo",
-    "byol": "medcl.ssl.byol:BYOL",
-    "barlow_twins": "medcl.ssl.barlow_twins:BarlowTwins",
-    "vicreg": "medcl.ssl.vicreg:VICReg",
-    "supcon": "medcl.ssl.supcon:SupCon",
-    "triplet": "medcl.ssl.triplet:Triplet",
-    "margin": "medcl.ssl.margin:Margin",
-    "npair": "medcl.ssl.npair:NPair",
+from medcl.ssl.barlow_twins import BarlowTwins
+from medcl.ssl.base import Method
+from medcl.ssl.byol import BYOL
+from medcl.ssl.margin import Margin
+from medcl.ssl.moco import MoCo
+from medcl.ssl.npair import NPair
+from medcl.ssl.simclr import SimCLR
+from medcl.ssl.supcon import SupCon
+from medcl.ssl.triplet import Triplet
+from medcl.ssl.vicreg import VICReg
+
+METHODS: dict[str, Callable[..., Method]] = {
+    "simclr": SimCLR,
+    "moco": MoCo,
+    "byol": BYOL,
+    "barlow_twins": BarlowTwins,
+    "vicreg": VICReg,
+    "supcon": SupCon,
+    "triplet": Triplet,
+    "margin": Margin,
+    "npair": NPair,
 }
 
 
 def register(name: str):
-    """Decorator adding a method builder (``cfg -> Method``) under ``name`` (for plug-ins)."""
+    """Decorator adding a method class (``cfg -> Method``) under ``name`` (for plug-ins)."""
     def deco(builder):
         METHODS[name] = builder
         return builder
     return deco
 
 
-def method_class(name: str) -> Callable:
+def method_class(name: str) -> Callable[..., Method]:
     if name not in METHODS:
         raise ValueError(f"unknown method '{name}' (known: {', '.join(sorted(METHODS))})")
-    entry = METHODS[name]
-    if isinstance(entry, str):
-        module, attr = entry.split(":")
-        entry = getattr(importlib.import_module(module), attr)
-    return entry
+    return METHODS[name]
 
 
 def build_method(cfg):

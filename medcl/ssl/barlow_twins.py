@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import torch
 
-from medcl.config import Config
+from medcl.config import Config, TrainConfig
 from medcl.losses import barlow_twins
 from medcl.ssl.base import Method, StepOutput
 from medcl.train.distributed import gather
 
 
 class BarlowTwins(Method):
+    @classmethod
+    def checks(cls, t: TrainConfig) -> list[tuple[bool, str, str]]:
+        return [(t.barlow_lambda >= 0, "train.barlow_lambda", "must be >= 0")]
+
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         self.lambd = cfg.train.barlow_lambda

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from medcl.config import Config
+from medcl.config import Config, TrainConfig
 from medcl.models import ProjectionHead, build_encoder
 from medcl.train.distributed import gather_nograd
 
@@ -82,6 +82,12 @@ class Method(nn.Module):
 
     needs_labels = False          # the method uses labels when the cohort has them
 
+    @classmethod
+    def checks(cls, t: TrainConfig) -> list[tuple[bool, str, str]]:
+        """This method's own settings as ``(holds, key, why)`` checks (medcl.validate runs them
+        for the method the config selects)."""
+        return []
+
     def __init__(self, cfg: Config):
         super().__init__()
         m = cfg.model
@@ -111,6 +117,12 @@ class Method(nn.Module):
 class MomentumMixin:
     """A momentum (EMA) copy of encoder + projector, updated after each step with
     :func:`cosine_momentum` from ``train.ema_momentum`` to ``train.ema_momentum_end``."""
+
+    @classmethod
+    def checks(cls, t: TrainConfig) -> list[tuple[bool, str, str]]:
+        return super().checks(t) + [
+            (0 <= t.ema_momentum <= t.ema_momentum_end <= 1, "train.ema_momentum",
+             "must satisfy 0 <= ema_momentum <= ema_momentum_end <= 1")]
 
     def init_momentum(self, cfg: Config) -> None:
         self.momentum_encoder = momentum_copy(self.encoder)

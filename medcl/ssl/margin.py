@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import torch
 
-from medcl.config import Config
+from medcl.config import Config, TrainConfig
 from medcl.losses import contrastive_margin
 from medcl.ssl.base import Method, StepOutput
 from medcl.train.distributed import gather
 
 
 class Margin(Method):
+    @classmethod
+    def checks(cls, t: TrainConfig) -> list[tuple[bool, str, str]]:
+        return [(0 <= t.pos_margin < t.neg_margin, "train.pos_margin", "must satisfy 0 <= pos_margin < neg_margin")]
+
     needs_labels = True
 
     def __init__(self, cfg: Config):

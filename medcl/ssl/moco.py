@@ -13,13 +13,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from medcl.config import Config
+from medcl.config import Config, TrainConfig
 from medcl.losses import info_nce
 from medcl.ssl.base import Method, MomentumMixin, StepOutput, Temperature
 from medcl.train.distributed import gather, gather_nograd
 
 
 class MoCo(MomentumMixin, Method):
+    @classmethod
+    def checks(cls, t: TrainConfig) -> list[tuple[bool, str, str]]:
+        return super().checks(t) + [(t.queue_size >= 0, "train.queue_size", "must be >= 0")]
+
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         self.init_momentum(cfg)

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import torch
 
-from medcl.config import Config
+from medcl.config import Config, TrainConfig
 from medcl.losses import n_pair
 from medcl.ssl.base import Method, StepOutput
 from medcl.train.distributed import gather
 
 
 class NPair(Method):
+    @classmethod
+    def checks(cls, t: TrainConfig) -> list[tuple[bool, str, str]]:
+        return [(t.npair_l2_reg >= 0, "train.npair_l2_reg", "must be >= 0")]
+
     needs_labels = True
 
     def __init__(self, cfg: Config):

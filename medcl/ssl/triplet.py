@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import torch
 
-from medcl.config import Config
+from medcl.config import Config, TrainConfig
 from medcl.losses import triplet_margin
 from medcl.ssl.base import Method, StepOutput
 from medcl.train.distributed import gather
 
 
 class Triplet(Method):
+    @classmethod
+    def checks(cls, t: TrainConfig) -> list[tuple[bool, str, str]]:
+        return [(t.margin >= 0, "train.margin", "must be >= 0")]
+
     needs_labels = True
 
     def __init__(self, cfg: Config):

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import torch
 
-from medcl.config import Config
+from medcl.config import Config, TrainConfig
 from medcl.losses import vicreg
 from medcl.ssl.base import Method, StepOutput
 from medcl.train.distributed import gather
 
 
 class VICReg(Method):
+    @classmethod
+    def checks(cls, t: TrainConfig) -> list[tuple[bool, str, str]]:
+        return [(all(w >= 0 for w in t.vicreg_weights), "train.vicreg_weights", "must all be >= 0")]
+
     def __init__(self, cfg: Config):
         super().__init__(cfg)
         self.weights = cfg.train.vicreg_weights

@@ -7,7 +7,7 @@ server instead (with ``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD
 
 Usage::
 
-    tracking.setup(out_dir, "medcl-pretrain")
+    tracking.setup(uri, "medcl-pretrain", out_dir)
     with tracking.start_run("pretrain-simclr", tags={...}) as run:   # environment logged here
         tracking.log_params({...})
         tracking.log_metrics({"loss": 1.2}, step=0)                   # retried, or spooled
@@ -31,9 +31,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow  # noqa: E402
 
+from medcl.tracking.environment import environment, environment_tags  # noqa: E402
 from medcl.tracking.spool import RunHandle, Tracker, TrackingWarning, call_with_retry, is_transient  # noqa: E402
+from medcl.tracking.system_metrics import start_monitor  # noqa: E402
 
-__all__ = ["setup", "tracking_uri_for", "start_run", "current_run", "log_metrics", "log_params", "set_tags",
+__all__ = ["setup", "resolve_uri", "default_uri", "use_uri", "start_run", "current_run", "log_metrics", "log_params", "set_tags",
            "log_dict", "log_text", "log_artifact", "log_fewshot_evaluation", "tracker", "spool_path_for", "RunHandle", "TrackingWarning",
            "call_with_retry", "is_transient"]
 
@@ -46,18 +48,25 @@ _HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_T
 
 _tracker: Tracker | None = None
 _stack: list[RunHandle] = []
-# mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI (for subprocesses): remember what
-# medcl itself set, so that only a URI the *user* set counts as "log to a server".
-_uri_set_by_medcl: str | None = None
 
 
-def _user_uri() -> str | None:
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    return uri if uri and uri != _uri_set_by_medcl else None
+def default_uri(out_dir: Path) -> str:
+    """The local store of an output folder: ``sqlite:///OUT/mlflow.db``."""
+    return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
 
 
-def tracking_uri_for(out_dir: Path) -> str:
-    return _user_uri() or f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+def resolve_uri(explicit: str | None, out_dir: Path | None = None) -> str | None:
+    """THE choice of the tracking URI, made once per command by the CLI: ``--tracking-uri``,
+    else ``MLFLOW_TRACKING_URI``, else the output folder's sqlite store (None for a command
+    without an output folder). Everything below the CLI receives the result as an argument."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return default_uri(out_dir) if out_dir is not None else None
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "databricks"))
 
 
 def spool_path_for(out_dir: Path) -> Path:
@@ -75,19 +84,36 @@ def _credentials_from_file() -> None:
                           stacklevel=3)
 
 
-def setup(out_dir: Path, experiment: str) -> str:
-    """Point MLflow at the store for ``out_dir``, select ``experiment`` (runs started with
-    :func:`start_run` go there) and replay a spool left by an earlier process; returns the URI."""
-    global _tracker, _uri_set_by_medcl
+def client_environment() -> None:
+    """medcl's HTTP defaults (no MLflow retry loop: medcl retries and spools itself) and the
+    password from ``MLFLOW_TRACKING_PASSWORD_FILE``; what the user set is kept."""
     for key, value in _HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     _credentials_from_file()
-    uri = tracking_uri_for(out_dir)
-    location = None if _user_uri() else (Path(out_dir).resolve() / "mlartifacts").as_uri()
-    if not _user_uri():
-        _uri_set_by_medcl = uri
+
+
+def use_uri(uri: str) -> None:
+    """Point MLflow's client (tracking and registry) at ``uri`` without changing this process's
+    environment (``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``; medcl puts it
+    back, so that a later :func:`resolve_uri` sees only what the user set)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+def setup(uri: str, experiment: str, out_dir: Path) -> str:
+    """Point MLflow at ``uri`` (see :func:`resolve_uri`), select ``experiment`` (runs started with
+    :func:`start_run` go there) and replay a spool left in ``out_dir`` by an earlier process.
+    A local store keeps its artifacts in ``OUT/mlartifacts``; a server decides for itself.
+    Returns ``uri``."""
+    global _tracker
+    client_environment()
+    location = None if is_server(uri) else (Path(out_dir).resolve() / "mlartifacts").as_uri()
+    use_uri(uri)
     spool = spool_path_for(out_dir)
     if _tracker is None or _tracker.tracking_uri != uri or _tracker.spool_path != spool:
         _tracker = Tracker(uri, spool, location)
@@ -117,9 +143,7 @@ def start_run(run_name: str, tags: dict | None = None, nested: bool = False, exp
     Logs the environment (tags + ``environment.json``) and, for top-level runs, system metrics
     (off with ``system_metrics=False`` or ``MEDCL_SYSTEM_METRICS=false``)."""
     if _tracker is None:
-        raise RuntimeError("medcl.tracking.setup(out_dir, experiment) must be called before start_run")
-    from medcl.tracking.environment import environment, environment_tags
-
+        raise RuntimeError("medcl.tracking.setup(uri, experiment, out_dir) must be called before start_run")
     parent = current_run() if nested else None
     env = None
     if log_environment:
@@ -138,8 +162,6 @@ def start_run(run_name: str, tags: dict | None = None, nested: bool = False, exp
     if system_metrics is None:
         system_metrics = parent is None and os.environ.get("MEDCL_SYSTEM_METRICS", "true").lower() not in ("0", "false", "no")
     if system_metrics:
-        from medcl.tracking.system_metrics import start_monitor
-
         monitor = start_monitor(_tracker, handle)
     status = "FINISHED"
     try:

@@ -11,6 +11,9 @@ from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from medcl.tracking import client_environment, resolve_uri  # noqa: E402
+from medcl.tracking.spool import Tracker  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m medcl.tracking")
@@ -20,17 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else OUT/mlflow.db)")
     args = p.parse_args(argv)
 
-    from medcl.tracking import _HTTP_DEFAULTS, _credentials_from_file, tracking_uri_for
-    from medcl.tracking.spool import Tracker
-
     spool = Path(args.spool).resolve()
     if not spool.exists():
         print(f"{spool}: no such spool file (nothing to replay)", file=sys.stderr)
         return 1
-    for key, value in _HTTP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    _credentials_from_file()
-    uri = args.tracking_uri or tracking_uri_for(spool.parent)
+    client_environment()
+    uri = resolve_uri(args.tracking_uri, spool.parent)
     tracker = Tracker(uri, spool)   # each spooled create_run carries its own artifact location
     n = len(tracker._read_spool())
     if tracker.replay():

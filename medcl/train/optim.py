@@ -89,6 +89,9 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_bias_norm: bool)
     return groups
 
 
+OPTIMIZERS = ("adamw", "sgd", "lars")   # train.optimizer
+
+
 def build_optimizer(model: nn.Module, t: TrainConfig, lr: float) -> torch.optim.Optimizer:
     """``train.optimizer`` over ``model``'s trainable parameters at learning rate ``lr``. AdamW
     and SGD decay every weight but a learned temperature (as medcl always has); LARS excludes

@@ -34,6 +34,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import AnyType
 
 import medcl
+from medcl import tracking
 from medcl.models import Encoder
 from medcl.tracking.spool import RunHandle, TrackingWarning, call_with_retry, retry_policy
 
@@ -118,8 +119,6 @@ def model_card(kind: str, registered_name: str | None, meta: dict, classes: list
 
 def _with_tracking(fn, what: str):
     """(ok, result or exception): through the medcl tracker's retry/offline state if there is one."""
-    from medcl import tracking
-
     t = tracking.tracker()
     if t is not None:
         return t.online(fn, what)
@@ -131,8 +130,6 @@ def _with_tracking(fn, what: str):
 
 
 def _save_locally(kind: str, registered_name: str | None, kwargs: dict, exc: BaseException) -> Path | None:
-    from medcl import tracking
-
     t = tracking.tracker()
     base = t.spool_path.parent if t is not None else Path.cwd()
     dest = base / "unregistered-models" / f"{registered_name or kind}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -165,8 +162,6 @@ def _log(kind: str, artifacts: dict[str, str], signature: ModelSignature, meta: 
         return info
 
     if run is not None and run.run_id is None:
-        from medcl import tracking
-
         t = tracking.tracker()
         if t is not None:
             t.maybe_replay(force=True)   # the run may exist on the server by now
@@ -211,10 +206,6 @@ def _write_common(tmp: Path, encoder: Encoder, meta: dict, card: str) -> dict[st
     (tmp / "model_card.md").write_text(card)
     return {"weights": str(tmp / "encoder_weights.pt"), "meta": str(tmp / "meta.json"),
             "model_card": str(tmp / "model_card.md")}
-
-
-def set_alias(registered_name: str, version_: str | int, alias: str) -> None:
-    mlflow.MlflowClient().set_registered_model_alias(registered_name, alias, str(version_))
 
 
 def alias_new_version(registered_name: str, version_: str | int, alias: str = "champion") -> str | None:

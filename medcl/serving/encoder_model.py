@@ -9,7 +9,7 @@ arrays; output: one column ``h0..h{D-1}`` per feature.
 import mlflow
 import pandas as pd
 
-from medcl.tracking.inference import embed_inputs, load_encoder, read_meta, scan_inputs
+from medcl.serving.inference import embed_inputs, load_encoder, read_meta, scan_inputs
 
 
 class EncoderModel(mlflow.pyfunc.PythonModel):

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from medcl.fewshot.heads import LinearHead
-from medcl.tracking.inference import embed_inputs, load_encoder, read_meta, scan_inputs
+from medcl.serving.inference import embed_inputs, load_encoder, read_meta, scan_inputs
 
 
 class FewShotModel(mlflow.pyfunc.PythonModel):

@@ -1,0 +1,60 @@
+"""The config checked against the registries that own its names.
+
+:func:`medcl.config.load_config` checks types and ranges; the *names* a config may use belong
+to the modules that implement them — methods (:data:`medcl.ssl.METHODS`, each method also
+checking its own settings), encoder architectures (:data:`medcl.models.FEATURE_DIMS`), cache
+placements and loader worker kinds (:mod:`medcl.train.data`), optimisers
+(:data:`medcl.train.optim.OPTIMIZERS`), few-shot heads, baselines and label-budget methods
+(:mod:`medcl.fewshot`). This pass sits above all of them, so that ``config`` never imports
+upward and no list of names is written twice. Every command loads its config through
+:func:`load_checked`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medcl.config import Config, ConfigError, load_config, raise_failed
+from medcl.fewshot.baselines import BASELINES
+from medcl.fewshot.budget import METHODS as BUDGET_METHODS
+from medcl.fewshot.evaluate import HEAD_NAMES
+from medcl.models import FEATURE_DIMS
+from medcl.ssl import METHODS, method_class
+from medcl.train.data import PLACEMENTS, WORKER_KINDS
+from medcl.train.optim import OPTIMIZERS
+
+
+def _one_of(names) -> str:
+    names = list(names)
+    return "must be " + (", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0])
+
+
+def _among(names) -> str:
+    return "must be among " + ", ".join(names)
+
+
+def check_names(cfg: Config) -> None:
+    """Raise a one-line :class:`ConfigError` naming the first key whose value no registry knows,
+    or whose method-specific setting the selected method refuses."""
+    t, f = cfg.train, cfg.fewshot
+    raise_failed(cfg, [
+        (t.method in METHODS, "train.method", _one_of(METHODS)),
+        (cfg.model.arch in FEATURE_DIMS, "model.arch", _one_of(FEATURE_DIMS)),
+        (cfg.augment.cache in ("auto",) + PLACEMENTS, "augment.cache", _one_of(("auto",) + PLACEMENTS)),
+        (t.worker_kind in WORKER_KINDS, "train.worker_kind", _one_of(WORKER_KINDS)),
+        (t.optimizer in OPTIMIZERS, "train.optimizer", _one_of(OPTIMIZERS)),
+        (set(f.heads) <= set(HEAD_NAMES), "fewshot.heads", _among(HEAD_NAMES)),
+        (set(f.baselines) <= set(BASELINES), "fewshot.baselines", _among(BASELINES)),
+        (f.budget_method in BUDGET_METHODS + ("none",), "fewshot.budget_method", _one_of(BUDGET_METHODS + ("none",))),
+    ])
+    raise_failed(cfg, method_class(t.method).checks(t))
+
+
+def load_checked(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """:func:`medcl.config.load_config`, then :func:`check_names`."""
+    cfg = load_config(path, overrides)
+    check_names(cfg)
+    return cfg
+
+
+__all__ = ["check_names", "load_checked", "ConfigError"]
