@@ -27,10 +27,11 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))   # tests/dicomwrite.py: the series writer
 
 from medcl.config import DataConfig  # noqa: E402
 from medcl.data import dicom  # noqa: E402
-from medcl.data.dicomwrite import mni_block, rotation, write_series  # noqa: E402
+from dicomwrite import mni_block, rotation, write_series  # noqa: E402
 from medcl.data.sources import discover  # noqa: E402
 
 DCM2NIIX = Path(sys.executable).parent / "dcm2niix"

@@ -12,6 +12,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from medcl import tracking  # noqa: E402
 from medcl.config import ConfigError  # noqa: E402
+from medcl.data.audit import audit, phi_values  # noqa: E402
+from medcl.data.ingest import ingest  # noqa: E402
+from medcl.report import load_report_data  # noqa: E402
+from medcl.serving.registry import promote  # noqa: E402
+from medcl.train.checkpoint import CheckpointError  # noqa: E402
 from medcl.validate import load_checked  # noqa: E402
 
 
@@ -33,8 +38,6 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_ingest(args) -> int:
-    from medcl.data.ingest import ingest
-
     # argparse gives every positional to SRC: key=value words that are not paths are overrides
     overrides = [s for s in args.src if "=" in s and not Path(s).exists()]
     cfg = load_checked(args.config, args.overrides + overrides)
@@ -54,8 +57,6 @@ def _cmd_ingest(args) -> int:
 
 
 def _cmd_audit_phi(args) -> int:
-    from medcl.data.audit import audit, phi_values
-
     missing = [p for p in [args.output, *args.dicom] if not Path(p).exists()]
     if missing:
         print(f"medcl: {missing[0]}: no such file or folder", file=sys.stderr)
@@ -75,8 +76,6 @@ def _cmd_audit_phi(args) -> int:
 
 def _cmd_pretrain(args) -> int:
     from pipelines.pretrain import run_pretrain
-
-    from medcl.train.checkpoint import CheckpointError
 
     cfg = load_checked(args.config, args.overrides)
     try:
@@ -153,8 +152,6 @@ def _cmd_report(args) -> int:
     import tempfile
 
     from pipelines.fewshot import write_report
-    from medcl.report import load_report_data
-
     src = Path(args.source)
     try:
         if src.exists():
@@ -209,8 +206,6 @@ def _cmd_suggest_labels(args) -> int:
 def _cmd_promote(args) -> int:
     import mlflow
 
-    from medcl.serving.registry import promote
-
     if not _uri(args):
         print("medcl promote: set --tracking-uri or MLFLOW_TRACKING_URI (the registry to change)", file=sys.stderr)
         return 2
@@ -227,21 +222,29 @@ def _cmd_promote(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medcl", description="Contrastive pretraining of 3D MRI encoders and few-shot diagnosis, tracked in MLflow.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _data_and_training_commands(sub)
+    _model_commands(sub)
+    return p
 
-    def uri_option(sp, what: str, out: bool = False) -> None:
-        sp.add_argument("--tracking-uri", help=f"MLflow tracking/registry URI {what} (default: MLFLOW_TRACKING_URI"
-                        + (", else OUT/mlflow.db)" if out else ")"))
 
-    def common(sp, config=True):
-        if config:
-            sp.add_argument("--config", help="YAML config file (every key has a default)")
-            sp.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.epochs=5")
-        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+def _uri_option(sp, what: str, out: bool = False) -> None:
+    sp.add_argument("--tracking-uri", help=f"MLflow tracking/registry URI {what} (default: MLFLOW_TRACKING_URI"
+                    + (", else OUT/mlflow.db)" if out else ")"))
 
+
+def _common(sp, config=True):
+    if config:
+        sp.add_argument("--config", help="YAML config file (every key has a default)")
+        sp.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.epochs=5")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _data_and_training_commands(sub) -> None:
+    """demo, ingest, audit-phi, pretrain."""
     d = sub.add_parser("demo", help="simulated cohort -> pretraining -> few-shot evaluation -> report and registered models")
     d.add_argument("--out", required=True, help="output folder (report.html, summary.json, mlflow.db)")
-    common(d)
-    uri_option(d, "to log runs and register models to", out=True)
+    _common(d)
+    _uri_option(d, "to log runs and register models to", out=True)
     d.set_defaults(fn=_cmd_demo)
 
     i = sub.add_parser("ingest", help="DICOM, NIfTI, BIDS or MedMNIST .npz files or folders -> cohort cache (manifest.csv, quarantine.csv)")
@@ -249,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out", required=True, help="cohort folder")
     i.add_argument("--labels", help="CSV with columns subject,label (or scan,label)")
     i.add_argument("--test-fraction", type=float, default=0.0, help="fraction of labelled subjects held out as the test split")
-    common(i)
+    _common(i)
     i.set_defaults(fn=_cmd_ingest)
 
     a = sub.add_parser("audit-phi", help="look for the identifying values of source DICOM headers in an output tree; exit 1 on any hit")
@@ -263,15 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true",
                    help="continue from OUT/pretrain/checkpoints/last.pt and its MLflow run (same config)")
     t.add_argument("--no-register", action="store_true", help="log the run but do not register the encoder")
-    common(t)
-    uri_option(t, "to log the run and register the encoder to", out=True)
+    _common(t)
+    _uri_option(t, "to log the run and register the encoder to", out=True)
     t.set_defaults(fn=_cmd_pretrain)
 
+
+def _model_commands(sub) -> None:
+    """predict, fewshot, report, suggest-labels, promote: commands that read registered models or runs."""
     r = sub.add_parser("predict", help="class probabilities for NIfTI scans or DICOM folders from a registered model")
     r.add_argument("--model", required=True, help="model URI, e.g. models:/medcl-fewshot@champion")
-    uri_option(r, "the model is read from")
+    _uri_option(r, "the model is read from")
     r.add_argument("scans", nargs="+", help="NIfTI files or DICOM folders (one series each)")
-    common(r, config=False)
+    _common(r, config=False)
     r.set_defaults(fn=_cmd_predict)
 
     fs = sub.add_parser("fewshot", help="few-shot evaluation of an encoder on a labelled cohort: every head and baseline, "
@@ -280,14 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--cohort", required=True, help="cohort folder made by 'medcl ingest --labels'")
     fs.add_argument("--shots", help="K values, e.g. 1,5,10 (default: fewshot.shots)")
     fs.add_argument("--out", required=True, help="output folder")
-    uri_option(fs, "the encoder is read from and the run logged to", out=True)
-    common(fs)
+    _uri_option(fs, "the encoder is read from and the run logged to", out=True)
+    _common(fs)
     fs.set_defaults(fn=_cmd_fewshot)
 
     rp = sub.add_parser("report", help="render report.html (and .pdf) again from a few-shot output folder or MLflow run id")
     rp.add_argument("source", metavar="RUN_ID_OR_DIR", help="output folder of 'medcl fewshot'/'medcl demo', or a run id")
     rp.add_argument("--out", help="where to write (default: the folder itself, or ./report-RUN_ID)")
-    uri_option(rp, "of the run")
+    _uri_option(rp, "of the run")
     rp.add_argument("--no-pdf", action="store_true", help="HTML only")
     rp.set_defaults(fn=_cmd_report)
 
@@ -301,16 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--all", action="store_true", help="choose among labelled scans too")
     sl.add_argument("--seed", type=int, default=0)
     sl.add_argument("--out", help="also write the list to this CSV file")
-    uri_option(sl, "the encoder is read from")
+    _uri_option(sl, "the encoder is read from")
     sl.set_defaults(fn=_cmd_suggest_labels)
 
     m = sub.add_parser("promote", help="point an alias (champion, challenger) of a registered model at a version")
     m.add_argument("model", help="registered model name, e.g. medcl-fewshot")
     m.add_argument("version", help="model version number")
     m.add_argument("--alias", default="champion", help="alias to set (default: champion)")
-    uri_option(m, "whose registry to change")
+    _uri_option(m, "whose registry to change")
     m.set_defaults(fn=_cmd_promote)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

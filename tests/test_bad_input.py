@@ -20,7 +20,7 @@ import pytest
 from medcl.cli import main
 from medcl.config import DataConfig
 from medcl.data.cohort import Cohort
-from medcl.data.dicomwrite import mni_block, write_series
+from dicomwrite import mni_block, write_series
 from medcl.data.ingest import ingest
 
 CFG = DataConfig(spacing=6.0, workers=1)

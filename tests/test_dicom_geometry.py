@@ -17,7 +17,7 @@ import pytest
 
 from medcl.config import DataConfig
 from medcl.data import dicom
-from medcl.data.dicomwrite import mni_block, reorient, rotation, write_series
+from dicomwrite import mni_block, reorient, rotation, write_series
 from medcl.data.ingest import preprocess, preprocess_file
 from medcl.data.sources import discover
 

@@ -163,7 +163,7 @@ def test_fewshot_report_and_suggest_labels_commands(demo_out, tmp_path, capsys, 
 def test_predict_command_on_a_nifti_file_and_a_dicom_folder(demo_out, tmp_path, capsys, monkeypatch):
     import nibabel as nib
 
-    from medcl.data.dicomwrite import write_series
+    from dicomwrite import write_series
 
     out, summary = demo_out
     monkeypatch.setenv("MLFLOW_TRACKING_URI", summary["mlflow"]["tracking_uri"])

@@ -18,7 +18,7 @@ from medcl.cli import main
 from medcl.config import config_to_dict, load_config
 from medcl.data.audit import PHI_FIELDS, audit, phi_values
 from medcl.data.cohort import Cohort
-from medcl.data.dicomwrite import mni_block, write_series
+from dicomwrite import mni_block, write_series
 from medcl.data.ingest import ingest
 
 TINY = ["data.spacing=6.0", "data.workers=1", "augment.view_size=16", "model.widen_factor=0.25", "train.epochs=1",

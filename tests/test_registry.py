@@ -35,7 +35,7 @@ def head_volume(seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def scans(tmp_path_factory):
     """The same volume as a NIfTI file, a DICOM series folder and an array (RAS, 4 mm)."""
-    from medcl.data.dicomwrite import write_series
+    from dicomwrite import write_series
 
     root = tmp_path_factory.mktemp("scans")
     vol = head_volume()

@@ -59,7 +59,7 @@ def _check(rows: list[dict], n: int) -> np.ndarray:
 def test_served_model_answers_paths_dicom_and_arrays_over_http(served, registered_models, tmp_path):
     import nibabel as nib
 
-    from medcl.data.dicomwrite import write_series
+    from dicomwrite import write_series
 
     url, _ = served
     vol = head_volume(seed=3)

@@ -15,7 +15,7 @@ import pytest
 from medcl.cli import main
 from medcl.config import DataConfig
 from medcl.data.cohort import Cohort
-from medcl.data.dicomwrite import mni_block, write_series
+from dicomwrite import mni_block, write_series
 from medcl.data.ingest import ingest
 from medcl.data.sources import discover
 

@@ -10,10 +10,10 @@ The DICOM standard (PS3.3) sections this module follows:
 * C.7.6.16 Multi-frame Functional Groups: enhanced MR keeps the plane position, orientation,
   pixel measures and rescale of each frame in per-frame (or shared) functional group items.
 
-A series is read as :class:`Frame` records (one per 2D image: a single-frame file or one frame of
-a multi-frame file), grouped into volumes by :func:`group_frames`, placed by :func:`plan_volume`
-(sorting along the slice normal, refusing gaps and duplicates), then decoded by
-:func:`load_series`. Voxel ``[i, j, k]`` is column ``i``, row ``j`` of slice ``k``, so the affine's
+A series is read as :class:`~medcl.data.dicom_geometry.Frame` records (one per 2D image: a
+single-frame file or one frame of a multi-frame file), grouped into volumes and placed by
+:mod:`medcl.data.dicom_geometry` (sorting along the slice normal, refusing gaps and duplicates),
+then decoded by :func:`load_series`. Voxel ``[i, j, k]`` is column ``i``, row ``j`` of slice ``k``, so the affine's
 columns are ``row direction * column spacing``, ``column direction * row spacing`` and the step
 between slices, and ``diag(-1, -1, 1)`` turns LPS into RAS, as dcm2niix and nibabel do.
 
@@ -27,7 +27,6 @@ import logging
 import math
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +34,10 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from medcl.data import dicomfast
+from medcl.data.dicom_geometry import LPS_TO_RAS, Frame, directions, plan_volume
 from medcl.data.errors import IngestError, check_size
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -61,33 +61,6 @@ def quiet():
 
 class NotDicom(Exception):
     """The file is not DICOM at all (ignored, not quarantined)."""
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One 2D image of a series, with what grouping and placing need (no identifier but the
-    series UID and patient ID, which only ever feed the keyed hash)."""
-
-    path: str
-    frame: int                       # index in a multi-frame file; -1 for a single-frame file
-    series_uid: str
-    patient_id: str
-    modality: str
-    description: str
-    image_type: tuple[str, ...]
-    sop_class: str
-    rows: int
-    cols: int
-    spacing: tuple[float, float] | None          # PixelSpacing: (row spacing, column spacing) mm
-    orientation: tuple[float, ...] | None        # ImageOrientationPatient: 6 direction cosines
-    position: tuple[float, float, float] | None  # ImagePositionPatient (mm, LPS)
-    slope: float = 1.0
-    intercept: float = 0.0
-    echo: str = ""                   # echo number / effective echo time: echoes are split
-    stack: str = ""                  # enhanced MR StackID: stacks are split
-    temporal: str = ""               # volume index within a 4D series
-    mosaic: bool = False             # Siemens mosaic (several slices tiled in one image)
-    n_frames: int = 1
 
 
 # --------------------------------------------------------------------------------- reading
@@ -264,8 +237,6 @@ def read_frames(path: Path) -> list[Frame]:
 
 
 def _read_frames(path: Path) -> list[Frame]:
-    from medcl.data import dicomfast
-
     path = Path(path)
     try:
         small = path.stat().st_size <= FAST_MAX_BYTES
@@ -277,150 +248,6 @@ def _read_frames(path: Path) -> list[Frame]:
         if frames is not None:
             return frames
     return frames_of(read_dataset(path, pixels=False), str(path))
-
-
-# ------------------------------------------------------------------------------- selecting
-
-
-def skip_reason(frame: Frame, modalities: tuple[str, ...], include: str, exclude: str,
-                skip_image_types: tuple[str, ...]) -> str | None:
-    """Why the series of ``frame`` is not a scan to ingest under the selection rules, or None."""
-    if modalities and frame.modality.upper() not in {m.upper() for m in modalities}:
-        return f"Modality {frame.modality or 'missing'} is not in data.dicom_modalities"
-    hit = sorted({t.upper() for t in skip_image_types} & set(frame.image_type))
-    if hit:
-        return f"ImageType {'/'.join(hit)} is in data.dicom_skip_image_types"
-    if include and not re.search(include, frame.description, re.IGNORECASE):
-        return "SeriesDescription does not match data.dicom_include"
-    if exclude and re.search(exclude, frame.description, re.IGNORECASE):
-        return "SeriesDescription matches data.dicom_exclude"
-    return None
-
-
-def group_frames(frames: list[Frame]) -> list[list[Frame]]:
-    """Split frames into volumes: one per series, stack, echo, image size, pixel spacing and
-    orientation (a series that mixes them is split, PS3.3 C.7.6.2); mosaics one per series."""
-    groups: dict[tuple, list[Frame]] = {}
-    for f in frames:
-        ori = tuple(round(v, 3) for v in f.orientation) if f.orientation else None
-        spc = tuple(round(v, 4) for v in f.spacing) if f.spacing else None
-        key = (f.series_uid, f.stack, f.echo, f.rows, f.cols, spc, ori, f.mosaic)
-        groups.setdefault(key, []).append(f)
-    return [sorted(g, key=lambda f: (f.path, f.frame)) for _, g in sorted(groups.items(), key=lambda kv: repr(kv[0]))]
-
-
-# -------------------------------------------------------------------------------- placing
-
-
-@dataclass
-class Plan:
-    """Where each decoded frame goes: ``volumes[t][k]`` is slice ``k`` of volume ``t``."""
-
-    volumes: list[list[Frame]]
-    affine: np.ndarray                # 4x4, RAS
-    shape: tuple[int, int, int]       # (columns, rows, slices)
-    mosaic: bool = False              # each volume is one Siemens mosaic file (geometry from its CSA header)
-
-
-def _directions(f: Frame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    row, col = np.array(f.orientation[:3]), np.array(f.orientation[3:])
-    if abs(np.linalg.norm(row) - 1) > 1e-2 or abs(np.linalg.norm(col) - 1) > 1e-2 or abs(row @ col) > 1e-2:
-        raise IngestError("ImageOrientationPatient (0020,0037) is not two orthonormal direction cosines")
-    row, col = row / np.linalg.norm(row), col / np.linalg.norm(col)
-    return row, col, np.cross(row, col)
-
-
-def _check_geometry_present(frames: list[Frame]) -> None:
-    if any(f.position is None for f in frames):
-        raise IngestError("DICOM without ImagePositionPatient (0020,0032): the slices cannot be placed")
-    if any(f.orientation is None for f in frames):
-        raise IngestError("DICOM without ImageOrientationPatient (0020,0037): the slices cannot be placed")
-    if any(f.spacing is None for f in frames):
-        raise IngestError("DICOM without PixelSpacing (0028,0030): the voxel size is unknown")
-    if any(min(f.spacing) <= 0 for f in frames):
-        raise IngestError(f"zero or negative PixelSpacing {list(frames[0].spacing)}")
-
-
-def _split_volumes(frames: list[Frame], dist: np.ndarray, tol: float) -> list[list[int]]:
-    """Frame indices per volume: one volume, or several when every position repeats once per
-    temporal index (a 4D series); any other repeated position is a duplicate slice."""
-    order = np.argsort(dist, kind="stable")
-    same = np.diff(dist[order]) < tol
-    if not same.any():
-        return [order.tolist()]
-    temporal = sorted({f.temporal for f in frames}, key=lambda t: (len(t), t))
-    by_t = {t: [i for i in order if frames[i].temporal == t] for t in temporal}
-    n = len(by_t[temporal[0]])
-    if len(temporal) > 1 and all(len(v) == n for v in by_t.values()) and all(
-            np.allclose(dist[v], dist[by_t[temporal[0]]], atol=tol) for v in by_t.values()):
-        return [by_t[t] for t in temporal]
-    k = int(np.flatnonzero(same)[0])
-    raise IngestError(f"duplicate slice: {int(same.sum()) + 1} images share a position "
-                      f"(at {dist[order][k]:.2f} mm along the slice normal)")
-
-
-def plan_volume(frames: list[Frame], min_slices: int = 3, policy_4d: str = "quarantine") -> Plan:
-    """Sort the frames of one group along the slice normal and derive the RAS affine.
-
-    A gap (missing slice), a duplicate slice, uneven spacing or sheared positions are errors,
-    never resampled silently. A 4D series follows ``policy_4d`` (quarantine | first | mean).
-    """
-    if not frames:
-        raise IngestError("empty DICOM series")
-    _check_geometry_present(frames)
-    f0 = frames[0]
-    if f0.mosaic:
-        return _plan_mosaic(frames, policy_4d)
-    row, col, normal = _directions(f0)
-    pos = np.array([f.position for f in frames])
-    dist = pos @ normal
-    tol = 1e-3 + 1e-3 * float(np.ptp(dist) / max(len(frames) - 1, 1))
-    volumes = _split_volumes(frames, dist, tol)
-    volumes = _apply_4d_policy(volumes, policy_4d, "series")
-    first = volumes[0]
-    if len(first) < min_slices:
-        raise IngestError(f"2D image: {len(first)} slice(s), fewer than data.dicom_min_slices={min_slices}")
-    d = dist[first]
-    steps = np.diff(d)
-    step = float(np.median(steps))
-    worst = int(np.argmax(np.abs(steps - step)))
-    if steps[worst] > 1.5 * step:
-        raise IngestError(f"missing slice: a gap of {steps[worst]:.2f} mm between slices {worst} and {worst + 1} "
-                          f"where the others are {step:.2f} mm apart")
-    if abs(steps[worst] - step) > max(0.01 * step, 2e-3):
-        raise IngestError(f"uneven slice spacing: {steps[worst]:.3f} mm between slices {worst} and {worst + 1}, "
-                          f"{step:.3f} mm elsewhere")
-    lateral = pos[first] - np.outer(d, normal)
-    if np.abs(lateral - lateral[0]).max() > max(0.01 * step, 2e-3):
-        raise IngestError("slice positions are not stacked along the slice normal (sheared or gantry-tilted series)")
-    p0, p1 = pos[first[0]], pos[first[-1]]
-    dr, dc = f0.spacing
-    lps = np.eye(4)
-    lps[:3, 0] = row * dc
-    lps[:3, 1] = col * dr
-    lps[:3, 2] = (p1 - p0) / (len(first) - 1)
-    lps[:3, 3] = p0
-    return Plan([[frames[i] for i in v] for v in volumes], LPS_TO_RAS @ lps, (f0.cols, f0.rows, len(first)))
-
-
-def _apply_4d_policy(volumes: list, policy: str, what: str) -> list:
-    if len(volumes) == 1:
-        return volumes
-    if policy == "first":
-        return volumes[:1]
-    if policy == "mean":
-        return volumes
-    raise IngestError(f"4D {what}: {len(volumes)} volumes (data.policy_4d={policy}; use first or mean to keep it)")
-
-
-def _plan_mosaic(frames: list[Frame], policy_4d: str) -> Plan:
-    """Siemens mosaic: geometry needs the CSA header, read with the pixels (see load_series)."""
-    vols = _apply_4d_policy([[f] for f in sorted(frames, key=lambda f: (len(f.temporal), f.temporal, f.path))],
-                            policy_4d, "mosaic series")
-    return Plan(vols, np.eye(4), (0, 0, 0), mosaic=True)
-
-
-# ------------------------------------------------------------------------------- decoding
 
 
 def decoder_problem(transfer_syntax: str) -> str | None:
@@ -504,7 +331,7 @@ def _mosaic_volume(ds: Dataset, frame: Frame) -> tuple[np.ndarray, np.ndarray]:
     for k in range(n):
         i, j = divmod(k, tiles)
         data[:, :, k] = mosaic[i * rows:(i + 1) * rows, j * cols:(j + 1) * cols].T
-    row, col, _ = _directions(frame)
+    row, col, _ = directions(frame)
     dr, dc = frame.spacing
     step = float(ds.get("SpacingBetweenSlices", 0) or ds.get("SliceThickness", 0) or 0)
     if step <= 0:
@@ -527,8 +354,6 @@ def load_series(members: list[tuple[str, int]], min_slices: int = 3, policy_4d: 
 
 def _load_series(members: list[tuple[str, int]], min_slices: int, policy_4d: str,
                  max_voxels: int) -> tuple[np.ndarray, np.ndarray]:
-    from medcl.data import dicomfast
-
     if not members:
         raise IngestError("empty DICOM series")
     files = sorted({p for p, _ in members})

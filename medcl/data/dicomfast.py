@@ -7,7 +7,7 @@ Endian, native pixel data, one frame, ASCII strings), this module reads only the
 headers (PS3.5 7.1), keeps the few values :mod:`medcl.data.dicom` needs and the offset of the
 pixel data, and skips everything else. Any other file (compressed, big endian, enhanced
 multi-frame, Siemens mosaic, non-ASCII values, an odd structure) returns ``None`` and is read by
-pydicom instead, so both paths give the same :class:`~medcl.data.dicom.Frame` for a file.
+pydicom instead, so both paths give the same :class:`~medcl.data.dicom_geometry.Frame` for a file.
 """
 
 from __future__ import annotations

@@ -267,6 +267,31 @@ def ingest(paths: list[Path], out: Path, cfg: DataConfig, labels_csv: Path | Non
                           skipped=[(str(p), r) for p, r in found.skipped])
     old = {r["scan_key"]: r for r in read_manifest(out)} if (out / "manifest.csv").exists() else {}
     prep = prep_sha256(cfg)
+    jobs, meta = _plan_jobs(found, table, old, cfg, prep, result)
+    rows = []
+    for job, status, payload in _run_jobs(jobs, out, cfg, prep, workers, progress):
+        if status == "bad":
+            result.quarantined.append((str(job.src.path), payload))
+            continue
+        row = {**meta[job.scan_key], **payload}
+        if status == "cached":
+            row["shape"] = old[job.scan_key]["shape"]
+            result.skipped_cached += 1
+        else:
+            result.ingested += 1
+        rows.append(row)
+    _flag_small_classes(rows, shots, table, result)
+    _assign_splits(rows, test_fraction, split_seed)
+    write_manifest(out, rows)
+    result.seconds = time.perf_counter() - t0
+    _write_reports(out, result, cfg)
+    return result
+
+
+def _plan_jobs(found, table: LabelTable | None, old: dict, cfg: DataConfig, prep: str,
+               result: IngestResult) -> tuple[list["_Job"], dict]:
+    """One job per scan to convert (label problems and duplicates quarantined on the way), with
+    its manifest row so far; label rows that match no scan become label issues."""
     jobs, meta, used = [], {}, set()
     for src in found.scans:
         label, problem = _label_of(src, table, used)
@@ -285,30 +310,18 @@ def ingest(paths: list[Path], out: Path, cfg: DataConfig, labels_csv: Path | Non
     if table is not None:
         for key in sorted(set(table.labels) - used, key=lambda k: table.lines[k][0]):
             result.label_issues.append((str(table.path), f"line {table.lines[key][0]}: {table.column} matches no scan found"))
-    rows = []
-    for job, status, payload in _run_jobs(jobs, out, cfg, prep, workers, progress):
-        if status == "bad":
-            result.quarantined.append((str(job.src.path), payload))
-            continue
-        row = {**meta[job.scan_key], **payload}
-        if status == "cached":
-            row["shape"] = old[job.scan_key]["shape"]
-            result.skipped_cached += 1
-        else:
-            result.ingested += 1
-        rows.append(row)
-    _flag_small_classes(rows, shots, table, result)
-    _assign_splits(rows, test_fraction, split_seed)
-    write_manifest(out, rows)
+    return jobs, meta
+
+
+def _write_reports(out: Path, result: IngestResult, cfg: DataConfig) -> None:
+    """``quarantine.csv`` (bad scans and label problems) and ``ingest.json`` (counts)."""
     result.quarantined.sort()
     with open(out / "quarantine.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "reason"])
         w.writerows(result.quarantined + result.label_issues)
-    result.seconds = time.perf_counter() - t0
     (out / "ingest.json").write_text(json.dumps({"counts": result.counts(), "seconds": round(result.seconds, 2),
                                                  "data": vars(cfg)}, indent=2, default=list))
-    return result
 
 
 def _flag_small_classes(rows: list[dict], shots: int, table: LabelTable | None, result: IngestResult) -> None:

@@ -31,6 +31,7 @@ import numpy as np
 
 from medcl.config import DataConfig
 from medcl.data import dicom
+from medcl.data.dicom_geometry import Frame, group_frames, skip_reason
 from medcl.data.errors import IngestError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -58,10 +59,6 @@ class Discovery:
     ignored: list[tuple[Path, str]] = field(default_factory=list)    # files that are not scans
     problems: list[tuple[Path, str]] = field(default_factory=list)   # scan files that cannot be read
     skipped: list[tuple[Path, str]] = field(default_factory=list)    # DICOM series excluded by the rules
-
-
-def is_nifti(path: Path) -> bool:
-    return path.name.endswith(NIFTI_SUFFIXES)
 
 
 def nifti_ids(path: Path) -> tuple[str, str]:
@@ -252,7 +249,7 @@ def _read_headers(files: list[Path], workers: int) -> list[tuple[str, object]]:
 
 
 def _discover_dicom(files: list[Path], cfg: DataConfig, out: Discovery, workers: int) -> None:
-    frames: list[dicom.Frame] = []
+    frames: list[Frame] = []
     for f, (what, value) in zip(files, _read_headers(files, workers)):
         if what == "frames":
             frames.extend(value)
@@ -260,13 +257,13 @@ def _discover_dicom(files: list[Path], cfg: DataConfig, out: Discovery, workers:
             out.ignored.append((f, value))
         else:
             out.problems.append((f, value))
-    by_series: dict[str, list[dicom.Frame]] = {}
+    by_series: dict[str, list[Frame]] = {}
     for fr in frames:
         by_series.setdefault(fr.series_uid, []).append(fr)
     for uid, series in sorted(by_series.items(), key=lambda kv: min(f.path for f in kv[1])):
         first = Path(min(f.path for f in series))
         n_files = len({f.path for f in series})
-        why = dicom.skip_reason(series[0], cfg.dicom_modalities, cfg.dicom_include, cfg.dicom_exclude,
+        why = skip_reason(series[0], cfg.dicom_modalities, cfg.dicom_include, cfg.dicom_exclude,
                                 cfg.dicom_skip_image_types)
         if why:
             out.skipped.append((first, f"DICOM series of {n_files} file(s) skipped: {why}"))
@@ -277,7 +274,7 @@ def _discover_dicom(files: list[Path], cfg: DataConfig, out: Discovery, workers:
         if not series[0].patient_id:
             out.problems.append((first, "DICOM without PatientID (0010,0020): cannot assign a subject key"))
             continue
-        groups = dicom.group_frames(series)
+        groups = group_frames(series)
         biggest = max(len(g) for g in groups)
         for k, g in enumerate(groups):
             path = Path(g[0].path)
