@@ -194,20 +194,15 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
-    if typ is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+    if typ in (int, float):
+        what = "an integer" if typ is int else "a number"
+        fractional = typ is int and isinstance(value, float) and not value.is_integer()
         try:
-            return int(value)
+            if isinstance(value, bool) or fractional:
+                raise ValueError(value)
+            return typ(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}") from None
-    if typ is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"config key '{key}': expected a number, got {value!r}") from None
+            raise ConfigError(f"config key '{key}': expected {what}, got {value!r}") from None
     if typ is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
