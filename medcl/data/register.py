@@ -8,8 +8,9 @@ ventricles are inside.
 
 The transform is estimated on 4 mm copies of both images (Mattes mutual information, a
 moments-centred initializer, two resolution levels: 8 mm then 4 mm, regular-step gradient
-descent, a fixed sampling seed and one thread, so the same scan gives the same transform on
-any machine), then the scan is resampled (linear) onto the template grid at the requested
+descent, a fixed sampling seed and one thread for every SimpleITK filter involved, so the
+same scan gives the same bits on any machine: ITK's threaded reductions, such as the moments
+of the initializer, add their parts in whatever order the threads finish), then the scan is resampled (linear) onto the template grid at the requested
 spacing: every registered scan has the same shape and field of view. Images are handed to
 SimpleITK in RAS world coordinates (direction and origin taken from the RAS affine): ITK only
 needs both images in the same physical space, so no LPS flip is involved.
@@ -25,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,7 +145,6 @@ def _method(fixed_mask: sitk.Image) -> sitk.ImageRegistrationMethod:
     reg.SetShrinkFactorsPerLevel(list(SHRINK))
     reg.SetSmoothingSigmasPerLevel(list(SMOOTH_MM))
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    reg.SetNumberOfThreads(1)
     return reg
 
 
@@ -173,6 +174,18 @@ def _matrix(tx: sitk.Transform) -> np.ndarray:
     return m
 
 
+@contextmanager
+def _one_thread():
+    """SimpleITK's global default thread count set to 1 for the block (restored after). Ingest
+    runs one worker process per core, so a worker loses nothing by it."""
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before)
+
+
 def register(data: np.ndarray, affine: np.ndarray, kind: str, spacing: float) -> Registered:
     """Register a RAS volume to the template (``kind``: rigid | affine) and resample it onto the
     template grid at ``spacing`` mm. Raises IngestError when the optimiser fails or the result
@@ -181,7 +194,8 @@ def register(data: np.ndarray, affine: np.ndarray, kind: str, spacing: float) ->
         raise ValueError(f"register: kind must be one of {KINDS}, got {kind!r}")
     moving = _to_sitk(data, affine)
     try:
-        tx = _estimate(_coarse(moving, COARSE_MM), kind)
+        with _one_thread():
+            tx = _estimate(_coarse(moving, COARSE_MM), kind)
     except RuntimeError as exc:
         raise IngestError(f"registration to the MNI template failed ({str(exc).strip().splitlines()[-1]})") from None
     to_scan = _matrix(tx)   # template RAS -> scan RAS
@@ -190,5 +204,6 @@ def register(data: np.ndarray, affine: np.ndarray, kind: str, spacing: float) ->
         raise IngestError(f"registration to the MNI template failed (scale {np.exp(log_scale):.2f})")
     grid = template_grid(float(spacing))
     ref = _to_sitk(np.zeros(grid.shape, np.float32), grid.affine)
-    out = sitk.Resample(moving, ref, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    with _one_thread():
+        out = sitk.Resample(moving, ref, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return Registered(image=_from_sitk(out), transform=np.linalg.inv(to_scan), grid=grid)
