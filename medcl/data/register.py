@@ -93,10 +93,15 @@ def _from_sitk(img: sitk.Image) -> np.ndarray:
 
 
 def _coarse(img: sitk.Image, mm: float) -> sitk.Image:
-    """Anti-aliased copy at ``mm`` isotropic over the same extent (unchanged if already coarser)."""
+    """Anti-aliased copy at ``mm`` isotropic over the same extent (unchanged if already coarser):
+    a k x k x k box average when ``mm`` is k times the spacing (2 mm scans: 4x cheaper), else a
+    Gaussian and a linear resampling."""
     spacing = np.array(img.GetSpacing())
     if np.all(spacing >= mm - 1e-6):
         return img
+    k = mm / spacing
+    if np.allclose(k, np.round(k), atol=1e-6):
+        return sitk.BinShrink(img, [int(round(x)) for x in k])
     sigma = np.sqrt(np.clip(mm ** 2 - spacing ** 2, 0, None)) / 2.355
     img = sitk.SmoothingRecursiveGaussian(img, sigma.tolist())
     size = [max(int(round(n * s / mm)), 2) for n, s in zip(img.GetSize(), spacing)]
