@@ -28,13 +28,13 @@ from __future__ import annotations
 import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from medcl.data.demo import template_dir
 from medcl.data.errors import IngestError
 
 __all__ = ["KINDS", "Registered", "TemplateGrid", "register", "template_grid"]
@@ -72,12 +72,6 @@ class Registered:
     grid: TemplateGrid
 
 
-def _template_dir() -> Path:
-    import nilearn.datasets
-
-    return Path(nilearn.datasets.__file__).parent / "data"
-
-
 def _to_sitk(data: np.ndarray, affine: np.ndarray) -> sitk.Image:
     """A (X, Y, Z) array with a voxel -> RAS affine as a SimpleITK image in RAS world space."""
     img = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(data, np.float32).transpose(2, 1, 0)))
@@ -112,7 +106,7 @@ def _coarse(img: sitk.Image, mm: float) -> sitk.Image:
 @functools.lru_cache(maxsize=4)
 def template_grid(spacing: float) -> TemplateGrid:
     """The template and its brain mask at ``spacing`` mm (read once per process and spacing)."""
-    vols = {k: nib.load(_template_dir() / _FILE.format(k)) for k in ("t1", "gm", "wm")}
+    vols = {k: nib.load(template_dir() / _FILE.format(k)) for k in ("t1", "gm", "wm")}
     src_affine = vols["t1"].affine
     arrays = {k: np.asarray(im.dataobj, dtype=np.float32) / 255.0 for k, im in vols.items()}
     if spacing > 1.0:
