@@ -37,6 +37,9 @@ class DataConfig:
     dicom_skip_image_types: tuple[str, ...] = ("LOCALIZER", "DERIVED")  # (0008,0008) values that skip a series
     dicom_min_slices: int = 3        # fewer slices than this is a 2D image, not a volume
     npz_spacing: float = 0.0         # voxel size (mm) of MedMNIST-style .npz volumes; 0 = data.spacing
+    # brain MRI (docs/data.md, "Registration to the MNI template"); leave off for other data
+    register: str = "none"           # none | rigid | affine: resample onto the MNI ICBM152 2009 template grid
+    brain_mask: str = "none"         # none (intensity threshold) | template: the template's brain mask (needs register)
     bids_suffixes: tuple[str, ...] = ("T1w",)   # BIDS anat suffixes ingested (sub-*/[ses-*/]anat/*_T1w.nii.gz)
     bids_label_column: str = "diagnosis"  # participants.tsv column that holds the label
 
@@ -254,6 +257,10 @@ def _data_checks(d: DataConfig) -> list[tuple[bool, str, str]]:
         (d.npz_spacing >= 0, "data.npz_spacing", "must be >= 0"),
         (_regex_ok(d.dicom_include), "data.dicom_include", "must be a valid regular expression"),
         (_regex_ok(d.dicom_exclude), "data.dicom_exclude", "must be a valid regular expression"),
+        (d.register in ("none", "rigid", "affine"), "data.register", "must be none, rigid or affine"),
+        (d.brain_mask in ("none", "template"), "data.brain_mask", "must be none or template"),
+        (d.brain_mask == "none" or d.register != "none", "data.brain_mask",
+         "template needs data.register rigid or affine (the mask lives on the template grid)"),
     ]
 
 

@@ -49,6 +49,12 @@ class Cohort:
     def mask(self, i: int) -> np.ndarray:
         return np.load(self.root / "arrays" / f"{self.rows[i]['scan_key']}.mask.npy", mmap_mode="r").astype(bool)
 
+    def transform(self, i: int) -> np.ndarray:
+        """4x4 scan RAS mm -> MNI template RAS mm of scan ``i`` (``arrays/<scan_key>.xfm.npy``,
+        written when ``data.register`` is on); the identity for a scan ingested without it."""
+        path = self.root / "arrays" / f"{self.rows[i]['scan_key']}.xfm.npy"
+        return np.load(path) if path.exists() else np.eye(4)
+
     def counts(self) -> dict:
         """Counts only (never identifiers): scans, subjects, per label and per split."""
         return {

@@ -26,6 +26,7 @@ from medcl.data import dicom
 from medcl.data.errors import IngestError, check_size
 from medcl.data.pseudonym import pseudonym
 from medcl.data.readers import load_nifti, load_source, source_sha256
+from medcl.data.register import register
 from medcl.data.sources import LabelTable, ScanSource, discover, read_labels
 
 __all__ = ["IngestError", "IngestResult", "Preprocessed", "ingest", "load_nifti", "preprocess", "preprocess_file",
@@ -38,7 +39,9 @@ OPTIONAL_FIELDS = ["kind", "prep_sha256"]   # added later: manifests without the
 @dataclass
 class Preprocessed:
     image: np.ndarray   # float32 (X, Y, Z) in RAS voxel order, z-scored inside the mask
-    mask: np.ndarray    # bool foreground (head) mask, same shape
+    mask: np.ndarray    # bool foreground (head, or brain with data.brain_mask=template) mask, same shape
+    transform: np.ndarray = field(default_factory=lambda: np.eye(4))  # scan RAS mm -> MNI template RAS mm
+    # (data.register); the identity when registration is off
 
 
 def _reorient_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -63,8 +66,7 @@ def _foreground(image: np.ndarray, threshold: float) -> np.ndarray:
     return mask
 
 
-def preprocess(data: np.ndarray, affine: np.ndarray, cfg: DataConfig) -> Preprocessed:
-    """Validate and canonicalise one volume (see the module docstring)."""
+def _check_volume(data: np.ndarray, affine: np.ndarray, cfg: DataConfig) -> None:
     if data.ndim != 3:
         raise IngestError(f"expected a 3D image, got shape {data.shape}")
     if min(data.shape) < 2:
@@ -77,14 +79,43 @@ def preprocess(data: np.ndarray, affine: np.ndarray, cfg: DataConfig) -> Preproc
         raise IngestError(f"zero or invalid voxel spacing {spacing_in.round(4).tolist()}")
     if float(data.max() - data.min()) <= 0:
         raise IngestError("constant image (all voxels equal)")
-    data, affine = _reorient_ras(data, affine)
+
+
+def _resample(data: np.ndarray, affine: np.ndarray, spacing: float) -> tuple[np.ndarray, np.ndarray]:
+    """RAS volume to ``spacing`` mm isotropic, with the affine of the new grid (ndimage.zoom
+    maps the first and last voxels onto the first and last: each axis scales by (n_in - 1)/(n_out - 1))."""
     spacing_in = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    zoom = spacing_in / cfg.spacing
-    if not np.allclose(zoom, 1.0, atol=1e-3):
-        data = ndimage.zoom(data, zoom, order=1, prefilter=False)
-    mask = _foreground(data, cfg.foreground_threshold)
+    zoom = spacing_in / spacing
+    if np.allclose(zoom, 1.0, atol=1e-3):
+        return data, affine
+    shape_in = np.array(data.shape)
+    data = ndimage.zoom(data, zoom, order=1, prefilter=False)
+    affine = affine.copy()
+    affine[:3, :3] *= (shape_in - 1) / np.maximum(np.array(data.shape) - 1, 1)
+    return data, affine
+
+
+def _canonical(data: np.ndarray, affine: np.ndarray, cfg: DataConfig):
+    """(image, mask, transform): RAS, data.spacing, registered to the template when asked
+    (docs/data.md, "Registration to the MNI template"), with its foreground mask."""
+    data, affine = _resample(*_reorient_ras(data, affine), cfg.spacing)
+    transform, mask = np.eye(4), None
+    if cfg.register != "none":
+        reg = register(data, affine, cfg.register, cfg.spacing)
+        data, transform = reg.image, reg.transform
+        if cfg.brain_mask == "template":
+            mask = reg.grid.brain.copy()
+    if mask is None:
+        mask = _foreground(data, cfg.foreground_threshold)
     if mask.sum() < 64:
         raise IngestError("no foreground found (image is empty or almost constant)")
+    return data, mask, transform
+
+
+def preprocess(data: np.ndarray, affine: np.ndarray, cfg: DataConfig) -> Preprocessed:
+    """Validate and canonicalise one volume (see the module docstring)."""
+    _check_volume(data, affine, cfg)
+    data, mask, transform = _canonical(data, affine, cfg)
     idx = np.argwhere(mask)
     lo = np.maximum(idx.min(0) - cfg.crop_margin, 0)
     hi = np.minimum(idx.max(0) + 1 + cfg.crop_margin, data.shape)
@@ -98,7 +129,7 @@ def preprocess(data: np.ndarray, affine: np.ndarray, cfg: DataConfig) -> Preproc
     if std <= 0:
         raise IngestError("constant intensity inside the foreground")
     image = ((data - float(vals.mean())) / std).astype(np.float32)
-    return Preprocessed(image=image, mask=mask)
+    return Preprocessed(image=image, mask=mask, transform=transform)
 
 
 def preprocess_file(path: Path, cfg: DataConfig) -> Preprocessed:
@@ -142,12 +173,14 @@ class IngestResult:
 
 MIN_JOBS_FOR_POOL = 8   # starting worker processes costs a second or two: small batches run in-process
 PREP_KEYS = ("spacing", "foreground_threshold", "crop_margin", "clip_percentiles", "policy_4d",
-             "dicom_min_slices", "npz_spacing")
+             "dicom_min_slices", "npz_spacing", "register", "brain_mask")
+PREP_KEYS_OFF = {"register": "none", "brain_mask": "none"}   # keys added later: hashed only when not off,
+                                                              # so caches made before them stay valid
 
 
 def prep_sha256(cfg: DataConfig) -> str:
     """Hash of the settings that change a cached array (a cached scan is reused only if equal)."""
-    values = {k: getattr(cfg, k) for k in PREP_KEYS}
+    values = {k: getattr(cfg, k) for k in PREP_KEYS if getattr(cfg, k) != PREP_KEYS_OFF.get(k, object())}
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
@@ -186,13 +219,17 @@ def _convert(job: _Job, out: str, cfg: DataConfig, prep: str) -> tuple[str, dict
     arrays = Path(out) / "arrays"
     try:
         sha = source_sha256(job.src)
-        if job.cached == (sha, prep) and (arrays / f"{job.scan_key}.npy").exists() \
-                and (arrays / f"{job.scan_key}.mask.npy").exists():
+        registered = cfg.register != "none"
+        suffixes = (".npy", ".mask.npy") + ((".xfm.npy",) if registered else ())
+        if job.cached == (sha, prep) and all((arrays / f"{job.scan_key}{x}").exists() for x in suffixes):
             return "cached", {"source_sha256": sha}
         data, affine = load_source(job.src, cfg)
         pre = preprocess(data, affine, cfg)
         del data
-        for suffix, arr in ((".npy", pre.image.astype(np.float16)), (".mask.npy", pre.mask.astype(np.uint8))):
+        if not registered:   # a transform left by an earlier registered ingest would be stale
+            (arrays / f"{job.scan_key}.xfm.npy").unlink(missing_ok=True)
+        arrs = (pre.image.astype(np.float16), pre.mask.astype(np.uint8), pre.transform)
+        for suffix, arr in zip(suffixes, arrs):
             tmp = arrays / f"{job.scan_key}.tmp{os.getpid()}{suffix}"
             np.save(tmp, arr)
             tmp.replace(arrays / f"{job.scan_key}{suffix}")
@@ -249,7 +286,8 @@ def ingest(paths: list[Path], out: Path, cfg: DataConfig, labels_csv: Path | Non
            test_fraction: float = 0.0, split_seed: int = 0, progress: bool = True, shots: int = 0) -> IngestResult:
     """Ingest every scan under ``paths`` into the cohort folder ``out``.
 
-    Writes ``out/arrays/<scan_key>.npy`` (float16 image) and ``<scan_key>.mask.npy``,
+    Writes ``out/arrays/<scan_key>.npy`` (float16 image) and ``<scan_key>.mask.npy`` (and
+    ``<scan_key>.xfm.npy``, the 4x4 scan -> template transform, when ``data.register`` is on),
     ``out/manifest.csv``, ``out/quarantine.csv`` (``path,reason``: one row per bad scan and per
     label problem) and ``out/ingest.json`` (counts). Counts: see :class:`IngestResult`. A second
     run reuses every scan whose content hash and preprocessing settings are unchanged.
