@@ -21,8 +21,8 @@ from medcl.data.cohort import Cohort
 from medcl.fewshot.baselines import linear_probe, pca_features, scratch_predictions
 from medcl.fewshot.budget import evaluate_budget
 from medcl.fewshot.embed import cohort_views, embed_cohort, embed_views, tsne_map
-from medcl.fewshot.evaluate import HEAD_NAMES, EvalSpec, run_heads
-from medcl.fewshot.heads import make_head
+from medcl.fewshot.evaluate import EvalSpec, run_heads
+from medcl.fewshot.heads import deployable
 from medcl.fewshot.stats import paired_difference, reliability_bins, roc_points, summarise
 from medcl.models import Encoder
 from medcl.report import ReportData
@@ -327,7 +327,7 @@ def write_report(data: ReportData, out_dir: Path, pdf: bool = True) -> dict:
 def fit_deployable_head(cfg: Config, encoder: Encoder, cohort: Cohort, k: int):
     """Fit the primary head on ``k`` labelled scans per class, one per subject, drawn by seed
     from the ``train`` split (or from all labelled scans); returns (linear head, scan keys).
-    A primary head with no linear form (kNN) deploys the prototype head instead."""
+    A primary head with no linear form (kNN) deploys the head its spec names (``deploy_as``)."""
     pool = cohort.select(split="train", labelled=True)
     pool = pool if len(pool) else cohort.select(labelled=True)
     rng = np.random.default_rng(cfg.fewshot.seed)
@@ -339,13 +339,8 @@ def fit_deployable_head(cfg: Config, encoder: Encoder, cohort: Cohort, k: int):
             chosen.append(next(i for i in range(len(pool)) if pool.rows[i]["subject_key"] == s))
     support = Cohort(pool.root, [pool.rows[i] for i in chosen])
     feats = embed_cohort(encoder, support, cfg.augment.view_size)
-    base, fixed = HEAD_NAMES.get(cfg.fewshot.primary_head, ("prototype", {}))
-    if base == "knn":
-        base, fixed = "prototype", {}
-    kwargs = dict(fixed)
-    if base == "logreg":
-        kwargs = {"C": None, "Cs": tuple(cfg.fewshot.logreg_Cs), "C_fallback": cfg.fewshot.logreg_C}
-    head = make_head(base, **kwargs).fit(feats, support.labels)
+    name, spec = deployable(cfg.fewshot.primary_head)
+    head = spec.make(**_spec(cfg).options.get(name, {})).fit(feats, support.labels)
     return head.to_linear(), support.scan_keys.tolist()
 
 
