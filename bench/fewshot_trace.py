@@ -23,7 +23,7 @@ from medcl.config import config_to_dict, load_config  # noqa: E402
 from medcl.data.cohort import Cohort  # noqa: E402
 from medcl.models import build_encoder  # noqa: E402
 from medcl.serving.inference import load_encoder  # noqa: E402
-from pipelines.fewshot import evaluate_encoders  # noqa: E402
+from medcl.pipelines.fewshot import evaluate_encoders  # noqa: E402
 
 
 def _plain(obj):

@@ -12,12 +12,13 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from medcl import tracking  # noqa: E402
 from medcl.config import ConfigError  # noqa: E402
+from medcl.pipelines.demo import run_demo  # noqa: E402
+from medcl.pipelines.fewshot import run_fewshot, suggest_labels, write_report  # noqa: E402
+from medcl.pipelines.pretrain import run_pretrain  # noqa: E402
 from medcl.validate import load_checked  # noqa: E402
 
 
 def _cmd_demo(args) -> int:
-    from pipelines.demo import run_demo
-
     cfg = load_checked(args.config, args.overrides)
     summary = run_demo(cfg, Path(args.out), _uri(args, Path(args.out)), progress=not args.quiet)
     pre = summary["fewshot"]["pretrained"]
@@ -74,8 +75,6 @@ def _cmd_audit_phi(args) -> int:
 
 
 def _cmd_pretrain(args) -> int:
-    from pipelines.pretrain import run_pretrain
-
     from medcl.train.checkpoint import CheckpointError
 
     cfg = load_checked(args.config, args.overrides)
@@ -130,8 +129,6 @@ def _uri(args, out_dir: Path | None = None) -> str | None:
 
 
 def _cmd_fewshot(args) -> int:
-    from pipelines.fewshot import run_fewshot
-
     overrides = list(args.overrides) + ([f"fewshot.shots=[{args.shots}]"] if args.shots else [])
     cfg = load_checked(args.config, overrides)
     try:
@@ -152,7 +149,6 @@ def _cmd_fewshot(args) -> int:
 def _cmd_report(args) -> int:
     import tempfile
 
-    from pipelines.fewshot import write_report
     from medcl.report import load_report_data
 
     src = Path(args.source)
@@ -186,8 +182,6 @@ def _cmd_report(args) -> int:
 
 def _cmd_suggest_labels(args) -> int:
     import csv
-
-    from pipelines.fewshot import suggest_labels
 
     _uri(args)
     try:

@@ -279,7 +279,7 @@ def test_logistic_head_chooses_C_by_loso_when_shots_allow():
 
 from medcl.fewshot.episodes import sample_episode_batch  # noqa: E402
 from medcl.config import Config  # noqa: E402
-from pipelines.fewshot import _spec  # noqa: E402
+from medcl.pipelines.fewshot import _spec  # noqa: E402
 
 
 def test_the_head_table_is_what_evaluation_validation_and_reports_read():

@@ -2,7 +2,7 @@
 re-rendered identically from its saved data; rendered in headless Chromium (Debian's
 ``chromium``): every image loads, no section is empty, a screenshot and a PDF come out.
 
-The report is built from real evaluation outputs (``pipelines.fewshot.evaluate_features`` on
+The report is built from real evaluation outputs (``medcl.pipelines.fewshot.evaluate_features`` on
 synthetic features of a tiny cohort), not from hand-written numbers."""
 
 import base64
@@ -31,7 +31,7 @@ needs_browser = pytest.mark.skipif(find_browser() is None and os.environ.get("ME
 
 @pytest.fixture(scope="module")
 def report_data():
-    import pipelines.fewshot as pf
+    import medcl.pipelines.fewshot as pf
 
     cfg = load_config(None, TINY)
     rng = np.random.default_rng(0)

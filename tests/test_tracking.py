@@ -145,7 +145,7 @@ def _tiny_cohort(root: Path, n: int = 6) -> Path:
 def test_pretrain_pipeline_run_is_tracked_and_its_encoder_registered(tracking_env, tmp_path, monkeypatch):
     from medcl.config import load_config
     from medcl.data.ingest import ingest
-    from pipelines.pretrain import run_pretrain
+    from medcl.pipelines.pretrain import run_pretrain
 
     monkeypatch.setenv("MEDCL_SYSTEM_METRICS", "false")
     cfg = load_config(None, ["data.spacing=4.0", "augment.view_size=16", "model.widen_factor=0.25", "train.epochs=2",

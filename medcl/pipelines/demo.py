@@ -18,9 +18,9 @@ from medcl.models import build_encoder
 from medcl.report import DEMO_BANNER, MontageSample
 from medcl.serving.inference import load_encoder
 from medcl.serving.registry import alias_new_version, log_fewshot
-from pipelines.fewshot import (_card, build_report_data, evaluate_encoders, fit_deployable_head, log_to_mlflow,
-                               save_features, summary_block, write_report, write_summary)
-from pipelines.pretrain import encoder_meta, run_pretrain
+from medcl.pipelines.fewshot import (_card, build_report_data, evaluate_encoders, fit_deployable_head, log_to_mlflow,
+                                     save_features, summary_block, write_report, write_summary)
+from medcl.pipelines.pretrain import encoder_meta, run_pretrain
 
 DEPLOY_SHOTS = 5
 
