@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medcl.config import config_to_dict, load_config  # noqa: E402
 from medcl.data.cohort import Cohort  # noqa: E402
+from medcl.fewshot.suite import evaluate_encoders  # noqa: E402
 from medcl.models import build_encoder  # noqa: E402
 from medcl.serving.inference import load_encoder  # noqa: E402
-from medcl.pipelines.fewshot import evaluate_encoders  # noqa: E402
 
 
 def _plain(obj):

@@ -13,8 +13,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from medcl import tracking  # noqa: E402
 from medcl.config import ConfigError  # noqa: E402
 from medcl.pipelines.demo import run_demo  # noqa: E402
-from medcl.pipelines.fewshot import run_fewshot, suggest_labels, write_report  # noqa: E402
+from medcl.pipelines.fewshot import run_fewshot, suggest_labels  # noqa: E402
 from medcl.pipelines.pretrain import run_pretrain  # noqa: E402
+from medcl.report.files import write_report  # noqa: E402
 from medcl.validate import load_checked  # noqa: E402
 
 

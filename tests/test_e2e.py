@@ -42,7 +42,7 @@ def _strict_load(text: str):
 
 def test_summary_json_is_strict_json(tmp_path):
     """An undefined metric is null in summary.json: NaN and Infinity are not JSON."""
-    from medcl.pipelines.fewshot import write_summary
+    from medcl.report.files import write_summary
 
     path = write_summary(tmp_path / "summary.json", {"auc": float("nan"), "x": [np.float32(0.5), float("inf")],
                                                      "n": np.int64(3), "a": np.array([1.0, np.nan])})

@@ -279,7 +279,7 @@ def test_logistic_head_chooses_C_by_loso_when_shots_allow():
 
 from medcl.fewshot.episodes import sample_episode_batch  # noqa: E402
 from medcl.config import Config  # noqa: E402
-from medcl.pipelines.fewshot import _spec  # noqa: E402
+from medcl.fewshot.suite import head_options  # noqa: E402
 
 
 def test_the_head_table_is_what_evaluation_validation_and_reports_read():
@@ -295,7 +295,7 @@ def test_the_head_table_is_what_evaluation_validation_and_reports_read():
     assert [name for name in HEADS if HEADS[name].linear] == ["prototype", "prototype_euclidean", "logreg"]
     assert deployable("knn")[0] == "prototype" and deployable("logreg")[0] == "logreg"
     f = cfg.fewshot       # the config's options are options of the head classes
-    assert {h: HEADS[h].make(**o).__class__ for h, o in _spec(cfg).options.items()} == {"logreg": LogisticHead,
+    assert {h: HEADS[h].make(**o).__class__ for h, o in head_options(f).items()} == {"logreg": LogisticHead,
                                                                                      "knn": KNNHead}
 
 
@@ -308,7 +308,7 @@ def test_batched_heads_equal_the_per_episode_heads(head):
     subjects = np.arange(len(labels))
     X = rng.normal(size=(len(labels), 24)) + 1.5 * np.eye(4, 24)[np.unique(labels, return_inverse=True)[1]] + 3.0
     batch = sample_episode_batch(labels, subjects, 3, 4, 12 if head == "logreg" else 60, seed=1, n_way=3)
-    options = _spec(Config()).options.get(head, {})
+    options = head_options(Config().fewshot).get(head, {})
     proba = HEADS[head].predict_episodes(X, batch, subjects, **options)
     for e in range(batch.n_episodes):
         s, q = batch.support[e], batch.query[e][batch.query[e] >= 0]

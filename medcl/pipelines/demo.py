@@ -15,12 +15,13 @@ from medcl.data.cohort import Cohort
 from medcl.data.demo import make_demo_sources
 from medcl.data.ingest import ingest
 from medcl.models import build_encoder
+from medcl.fewshot.suite import evaluate_encoders, fit_deployable_head, log_to_mlflow, save_features
+from medcl.pipelines.pretrain import encoder_meta, run_pretrain
 from medcl.report import DEMO_BANNER, MontageSample
+from medcl.report.content import build_report_data, model_card, summary_block
+from medcl.report.files import log_report_artifacts, write_report, write_summary
 from medcl.serving.inference import load_encoder
 from medcl.serving.registry import alias_new_version, log_fewshot
-from medcl.pipelines.fewshot import (_card, build_report_data, evaluate_encoders, fit_deployable_head, log_to_mlflow,
-                                     save_features, summary_block, write_report, write_summary)
-from medcl.pipelines.pretrain import encoder_meta, run_pretrain
 
 DEPLOY_SHOTS = 5
 
@@ -39,6 +40,8 @@ def montage_samples(cohort: Cohort, cfg: Config, seed: int = 0) -> list[MontageS
 
 
 def run_demo(cfg: Config, out: Path, tracking_uri: str, progress: bool = True) -> dict:
+    """``medcl demo``: every stage on a simulated cohort, logged to ``tracking_uri``; returns
+    the summary (also written to ``OUT/summary.json``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -72,46 +75,60 @@ def run_demo(cfg: Config, out: Path, tracking_uri: str, progress: bool = True) -
         tracking.log_fewshot_evaluation({src: {cfg.fewshot.primary_head: heads[cfg.fewshot.primary_head]}
                                          for src, heads in fs.results.items() if cfg.fewshot.primary_head in heads},
                                         {"n_query": cfg.fewshot.n_query, "seed": cfg.fewshot.seed})
-        head, support_keys = fit_deployable_head(cfg, pretrained, cohort, DEPLOY_SHOTS)
-        primary = fs.results["pretrained"][cfg.fewshot.primary_head]
-        info = log_fewshot(pretrained, head, meta, cfg.tracking.fewshot_model_name, run=run,
-                           version_tags={**lineage, "medcl.fewshot_run_id": run.run_id},
-                           card_info={"training_data": f"Demo data: simulated pathology on real anatomy (MNI ICBM152), "
-                                      f"not patients. Head fitted on {DEPLOY_SHOTS} train-split scans per class.",
-                                      "metrics": {f"balanced accuracy, {k}-shot episodes ({cfg.fewshot.primary_head})":
-                                                  f"{r['balanced_accuracy']:.3f} [95% CI {r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
-                                                  for k, r in primary.items()},
-                                      "lineage": {"pretraining run": pre.run_id, "encoder": pre.encoder_uri,
-                                                  "few-shot run": run.run_id},
-                                      "limitations": ["Trained and evaluated on simulated pathology: says nothing "
-                                                      "about real diagnosis."]})
-        alias = None
-        if info is not None:
-            alias = alias_new_version(cfg.tracking.fewshot_model_name, info.registered_model_version, cfg.tracking.alias)
-        alias = alias or cfg.tracking.alias
-        tracking.log_dict({"support_scan_keys": support_keys, "shots_per_class": DEPLOY_SHOTS}, "deployable_support.json")
+        alias = _register_fewshot_model(cfg, pretrained, meta, cohort, fs, pre, run, lineage)
         t_report = time.perf_counter()
-        data = build_report_data(
-            cfg, fs, "medcl few-shot diagnosis evaluation (demo)",
-            {"all": cohort.counts(), "evaluated (test split)": fs.cohort.counts(), "ingest": res.counts()},
-            banner=DEMO_BANNER, losses=pre.result.losses, montage=montage_samples(cohort, cfg),
-            model_card=_card(cfg, fs, pre.encoder_uri or "the pretrained encoder", demo=True, deploy_shots=DEPLOY_SHOTS),
-            notes=[f"The encoder was pretrained on the {len(cohort.select(split='train'))} scans of the train split "
-                   f"without their labels; episodes draw only from the {len(fs.cohort)} scans of the test split.",
-                   f"The registered model '{cfg.tracking.fewshot_model_name}@{alias}' is the "
-                   f"{cfg.fewshot.primary_head} head fitted on {DEPLOY_SHOTS} train-split scans per class.",
-                   "Few-shot stage timings (s): " + ", ".join(f"{k} {v}" for k, v in fs.timings.items())])
-        paths = write_report(data, out, cfg.fewshot.pdf)
+        paths = write_report(_report_data(cfg, fs, cohort, res, pre, alias), out, cfg.fewshot.pdf)
         timings["report"] = time.perf_counter() - t_report
-        for key in ("html", "pdf"):
-            if paths[key] is not None:
-                tracking.log_artifact(paths[key])
-        tracking.log_artifact(paths["data"] / "report_data.json", "report_data")
-        tracking.log_artifact(paths["data"] / "report_arrays.npz", "report_data")
-    fewshot_run = run.run_id
+        log_report_artifacts(paths)
     timings["register"] = time.perf_counter() - t0 - sum(timings.values())
+    summary = _summary(cfg, cohort, res, fs, pre, paths)
+    summary["mlflow"] = {"tracking_uri": tracking_uri, "pretrain_run_id": pre.run_id,
+                         "fewshot_run_id": run.run_id, "encoder_model_uri": pre.encoder_uri,
+                         "fewshot_model_uri": f"models:/{cfg.tracking.fewshot_model_name}@{alias}"}
+    summary["timings_seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    summary["fewshot_timings_seconds"] = fs.timings
+    write_summary(out / "summary.json", summary)
+    return summary
 
-    summary = {
+
+def _register_fewshot_model(cfg: Config, pretrained, meta: dict, cohort: Cohort, fs, pre, run, lineage: dict) -> str:
+    """The deployable head fitted on DEPLOY_SHOTS train-split scans per class, registered with
+    the encoder as the few-shot model of ``run``; returns the alias of the new version."""
+    head, support_keys = fit_deployable_head(cfg, pretrained, cohort, DEPLOY_SHOTS)
+    primary = fs.results["pretrained"][cfg.fewshot.primary_head]
+    info = log_fewshot(pretrained, head, meta, cfg.tracking.fewshot_model_name, run=run,
+                       version_tags={**lineage, "medcl.fewshot_run_id": run.run_id},
+                       card_info={"training_data": f"Demo data: simulated pathology on real anatomy (MNI ICBM152), "
+                                  f"not patients. Head fitted on {DEPLOY_SHOTS} train-split scans per class.",
+                                  "metrics": {f"balanced accuracy, {k}-shot episodes ({cfg.fewshot.primary_head})":
+                                              f"{r['balanced_accuracy']:.3f} [95% CI {r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]"
+                                              for k, r in primary.items()},
+                                  "lineage": {"pretraining run": pre.run_id, "encoder": pre.encoder_uri,
+                                              "few-shot run": run.run_id},
+                                  "limitations": ["Trained and evaluated on simulated pathology: says nothing "
+                                                  "about real diagnosis."]})
+    alias = None
+    if info is not None:
+        alias = alias_new_version(cfg.tracking.fewshot_model_name, info.registered_model_version, cfg.tracking.alias)
+    tracking.log_dict({"support_scan_keys": support_keys, "shots_per_class": DEPLOY_SHOTS}, "deployable_support.json")
+    return alias or cfg.tracking.alias
+
+
+def _report_data(cfg: Config, fs, cohort: Cohort, res, pre, alias: str):
+    return build_report_data(
+        cfg, fs, "medcl few-shot diagnosis evaluation (demo)",
+        {"all": cohort.counts(), "evaluated (test split)": fs.cohort.counts(), "ingest": res.counts()},
+        banner=DEMO_BANNER, losses=pre.result.losses, montage=montage_samples(cohort, cfg),
+        model_card=model_card(cfg, fs, pre.encoder_uri or "the pretrained encoder", demo=True, deploy_shots=DEPLOY_SHOTS),
+        notes=[f"The encoder was pretrained on the {len(cohort.select(split='train'))} scans of the train split "
+               f"without their labels; episodes draw only from the {len(fs.cohort)} scans of the test split.",
+               f"The registered model '{cfg.tracking.fewshot_model_name}@{alias}' is the "
+               f"{cfg.fewshot.primary_head} head fitted on {DEPLOY_SHOTS} train-split scans per class.",
+               "Few-shot stage timings (s): " + ", ".join(f"{k} {v}" for k, v in fs.timings.items())])
+
+
+def _summary(cfg: Config, cohort: Cohort, res, fs, pre, paths: dict) -> dict:
+    return {
         "data": "simulated pathology on real anatomy",
         "cohort": cohort.counts(),
         "ingest": res.counts(),
@@ -123,11 +140,4 @@ def run_demo(cfg: Config, out: Path, tracking_uri: str, progress: bool = True) -
         "report": {"html": str(paths["html"]), "pdf": str(paths["pdf"]) if paths["pdf"] else None},
         "pretrain": {"steps": pre.result.steps, "seconds": round(pre.result.seconds, 1),
                      "final_loss": pre.result.losses[-1]},
-        "mlflow": {"tracking_uri": tracking_uri, "pretrain_run_id": pre.run_id,
-                   "fewshot_run_id": fewshot_run, "encoder_model_uri": pre.encoder_uri,
-                   "fewshot_model_uri": f"models:/{cfg.tracking.fewshot_model_name}@{alias}"},
-        "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
-        "fewshot_timings_seconds": fs.timings,
     }
-    write_summary(out / "summary.json", summary)
-    return summary
