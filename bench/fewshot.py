@@ -29,9 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sklearn.neighbors import NearestCentroid  # noqa: E402
 
-from medcl.fewshot.batched import predict_prototype  # noqa: E402
 from medcl.fewshot.episodes import sample_episode_batch  # noqa: E402
-from medcl.fewshot.heads import PrototypeHead  # noqa: E402
+from medcl.fewshot.heads import HEADS  # noqa: E402
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medcl" / "bench_fewshot_features_v2.npz"
 
@@ -90,7 +89,7 @@ def main(argv=None) -> int:
           f"(sampled in {t_sample:.2f} s, shared by both methods)")
 
     def medcl_euclidean():
-        proba = predict_prototype(X, batch, "euclidean", centre=False)
+        proba = HEADS["prototype_euclidean"].predict_episodes(X, batch, centre=False)   # what evaluation runs
         return batch.class_names[proba.argmax(-1)]
 
     def per_episode(make_head):
@@ -105,10 +104,10 @@ def main(argv=None) -> int:
         return per_episode(NearestCentroid)
 
     def medcl_cosine():
-        return batch.class_names[predict_prototype(X, batch, "cosine", centre=True).argmax(-1)]
+        return batch.class_names[HEADS["prototype"].predict_episodes(X, batch).argmax(-1)]
 
     def numpy_loop_cosine():
-        return per_episode(PrototypeHead)
+        return per_episode(HEADS["prototype"].make)
 
     mask = q >= 0
     t_m, p_m = best_of(medcl_euclidean, args.repeat)

@@ -14,15 +14,17 @@ from medcl import tracking  # noqa: E402
 from medcl.config import ConfigError  # noqa: E402
 from medcl.data.audit import audit, phi_values  # noqa: E402
 from medcl.data.ingest import ingest  # noqa: E402
+from medcl.pipelines.demo import run_demo  # noqa: E402
+from medcl.pipelines.fewshot import run_fewshot, suggest_labels  # noqa: E402
+from medcl.pipelines.pretrain import run_pretrain  # noqa: E402
 from medcl.report import load_report_data  # noqa: E402
+from medcl.report.files import write_report  # noqa: E402
 from medcl.serving.registry import promote  # noqa: E402
 from medcl.train.checkpoint import CheckpointError  # noqa: E402
 from medcl.validate import load_checked  # noqa: E402
 
 
 def _cmd_demo(args) -> int:
-    from pipelines.demo import run_demo
-
     cfg = load_checked(args.config, args.overrides)
     summary = run_demo(cfg, Path(args.out), _uri(args, Path(args.out)), progress=not args.quiet)
     pre = summary["fewshot"]["pretrained"]
@@ -75,8 +77,6 @@ def _cmd_audit_phi(args) -> int:
 
 
 def _cmd_pretrain(args) -> int:
-    from pipelines.pretrain import run_pretrain
-
     cfg = load_checked(args.config, args.overrides)
     try:
         out = run_pretrain(cfg, Path(args.cohort), Path(args.out), _uri(args, Path(args.out)), progress=not args.quiet,
@@ -129,8 +129,6 @@ def _uri(args, out_dir: Path | None = None) -> str | None:
 
 
 def _cmd_fewshot(args) -> int:
-    from pipelines.fewshot import run_fewshot
-
     overrides = list(args.overrides) + ([f"fewshot.shots=[{args.shots}]"] if args.shots else [])
     cfg = load_checked(args.config, overrides)
     try:
@@ -151,7 +149,6 @@ def _cmd_fewshot(args) -> int:
 def _cmd_report(args) -> int:
     import tempfile
 
-    from pipelines.fewshot import write_report
     src = Path(args.source)
     try:
         if src.exists():
@@ -183,8 +180,6 @@ def _cmd_report(args) -> int:
 
 def _cmd_suggest_labels(args) -> int:
     import csv
-
-    from pipelines.fewshot import suggest_labels
 
     _uri(args)
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from medcl.config import Config, ConfigError, load_config, raise_failed
 from medcl.fewshot.baselines import BASELINES
 from medcl.fewshot.budget import METHODS as BUDGET_METHODS
-from medcl.fewshot.evaluate import HEAD_NAMES
+from medcl.fewshot.heads import HEADS
 from medcl.models import FEATURE_DIMS
 from medcl.ssl import METHODS, method_class
 from medcl.train.data import PLACEMENTS, WORKER_KINDS
@@ -43,7 +43,7 @@ def check_names(cfg: Config) -> None:
         (cfg.augment.cache in ("auto",) + PLACEMENTS, "augment.cache", _one_of(("auto",) + PLACEMENTS)),
         (t.worker_kind in WORKER_KINDS, "train.worker_kind", _one_of(WORKER_KINDS)),
         (t.optimizer in OPTIMIZERS, "train.optimizer", _one_of(OPTIMIZERS)),
-        (set(f.heads) <= set(HEAD_NAMES), "fewshot.heads", _among(HEAD_NAMES)),
+        (set(f.heads) <= set(HEADS), "fewshot.heads", _among(HEADS)),
         (set(f.baselines) <= set(BASELINES), "fewshot.baselines", _among(BASELINES)),
         (f.budget_method in BUDGET_METHODS + ("none",), "fewshot.budget_method", _one_of(BUDGET_METHODS + ("none",))),
     ])

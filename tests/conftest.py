@@ -164,7 +164,7 @@ def tiny_encoder_and_head(seed: int = 0, classes=("atrophy", "healthy", "lesion"
     rng = np.random.default_rng(seed)
     y = np.repeat(np.asarray(classes), 3)
     feats = rng.normal(size=(len(y), enc.feature_dim)) + np.repeat(np.eye(len(classes), enc.feature_dim) * 3, 3, axis=0)
-    return enc, make_head("logreg").fit(feats, y).to_linear()
+    return enc, make_head("logreg", C=1.0).fit(feats, y).to_linear()
 
 
 @pytest.fixture(scope="session")

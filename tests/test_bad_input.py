@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from support import head_volume
 
 from medcl.cli import main
 from medcl.config import DataConfig
@@ -27,8 +28,7 @@ CFG = DataConfig(spacing=6.0, workers=1)
 
 
 def _head(shape=(24, 24, 24)):
-    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
-    return (np.clip(1.2 - np.sqrt((g ** 2).sum(0)), 0, None) * 100).astype(np.float32)
+    return head_volume(shape)
 
 
 def _nii(path: Path, data, affine=None) -> Path:

@@ -97,7 +97,7 @@ def worker(out_dir: Path, cohort_dir: Path) -> None:
     from medcl import tracking
     from medcl.config import load_config
     from medcl.train import distributed
-    from pipelines.pretrain import run_pretrain
+    from medcl.pipelines.pretrain import run_pretrain
 
     info = distributed.setup("cpu", "gloo")
     results = {name: run_method(name, info.rank, info.world) for name in METHODS}
@@ -142,7 +142,7 @@ def test_pretrain_under_torchrun_logs_once_and_matches_one_process(ddp_run, tiny
     from medcl.config import load_config
     from medcl.data.cohort import Cohort
     from medcl.train import pretrain
-    from pipelines.pretrain import pretrain_cohort
+    from medcl.pipelines.pretrain import pretrain_cohort
 
     client = mlflow.MlflowClient(f"sqlite:///{ddp_run / 'run' / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])

@@ -16,7 +16,7 @@ from medcl import tracking
 from medcl.cli import main
 from medcl.config import load_config
 from medcl.report.browser import browser_check, find_browser
-from pipelines.demo import run_demo
+from medcl.pipelines.demo import run_demo
 
 TINY = ["demo.n_subjects=18", "data.spacing=6.0", "augment.view_size=16", "model.widen_factor=0.25",
         "train.epochs=2", "train.batch_size=4", "train.num_workers=0", "fewshot.shots=1,2",
@@ -42,7 +42,7 @@ def _strict_load(text: str):
 
 def test_summary_json_is_strict_json(tmp_path):
     """An undefined metric is null in summary.json: NaN and Infinity are not JSON."""
-    from pipelines.fewshot import write_summary
+    from medcl.report.files import write_summary
 
     path = write_summary(tmp_path / "summary.json", {"auc": float("nan"), "x": [np.float32(0.5), float("inf")],
                                                      "n": np.int64(3), "a": np.array([1.0, np.nan])})

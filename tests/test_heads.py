@@ -10,7 +10,7 @@ from sklearn.neighbors import NearestCentroid
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler, normalize
 
-from medcl.fewshot.heads import HEADS, KNNHead, LinearHead, LogisticHead, PrototypeHead, make_head
+from medcl.fewshot.heads import HEADS, KNNHead, LinearHead, LogisticHead, PrototypeHead, deployable, make_head
 
 # NearestCentroid also computes within-class spreads, which warn for one-sample classes
 pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered in divide:RuntimeWarning"),
@@ -138,8 +138,11 @@ def test_heads_learn_clear_structure():
 
 def test_make_head_and_argument_errors():
     assert isinstance(make_head("logreg", C=0.5), LogisticHead) and make_head("logreg", C=0.5).C == 0.5
-    with pytest.raises(ValueError, match=r"unknown head 'svm'; known heads: knn, logreg, prototype"):
+    with pytest.raises(ValueError, match=r"unknown head 'svm'; known heads: knn, logreg, prototype, prototype_euclidean"):
         make_head("svm")
+    with pytest.raises(TypeError, match=r"KNNHead\(\) got an unexpected keyword argument 'metric'"):
+        make_head("knn", metric="cosine")
+    assert make_head("logreg").C is None and make_head("prototype_euclidean").metric == "euclidean"
     with pytest.raises(ValueError, match="k must be an int >= 1"):
         KNNHead(k=0)
     with pytest.raises(ValueError, match="unknown metric 'manhattan'"):
@@ -274,26 +277,42 @@ def test_logistic_head_chooses_C_by_loso_when_shots_allow():
 
 # --- every head vectorised over episodes == the same head fitted episode by episode -------------
 
-from medcl.fewshot.batched import predict_episodes  # noqa: E402
 from medcl.fewshot.episodes import sample_episode_batch  # noqa: E402
+from medcl.config import Config  # noqa: E402
+from medcl.fewshot.suite import head_options  # noqa: E402
 
 
-@pytest.mark.parametrize("head,make", [
-    ("prototype", lambda: PrototypeHead()),
-    ("prototype_euclidean", lambda: PrototypeHead(metric="euclidean")),
-    ("knn", lambda: KNNHead(k=3)),
-    ("logreg", lambda: LogisticHead(C=None, Cs=(0.1, 1.0, 10.0, 100.0))),
-])
-def test_batched_heads_equal_the_per_episode_heads(head, make):
+def test_the_head_table_is_what_evaluation_validation_and_reports_read():
+    from medcl.config import Config
+    from medcl.report.figures import HEAD_LABELS
+    from medcl.validate import check_names
+
+    assert list(HEADS) == ["prototype", "prototype_euclidean", "logreg", "knn"]
+    assert all(HEAD_LABELS[name] == spec.label for name, spec in HEADS.items())
+    cfg = Config()
+    cfg.fewshot.heads = list(HEADS)
+    check_names(cfg)
+    assert [name for name in HEADS if HEADS[name].linear] == ["prototype", "prototype_euclidean", "logreg"]
+    assert deployable("knn")[0] == "prototype" and deployable("logreg")[0] == "logreg"
+    f = cfg.fewshot       # the config's options are options of the head classes
+    assert {h: HEADS[h].make(**o).__class__ for h, o in head_options(f).items()} == {"logreg": LogisticHead,
+                                                                                     "knn": KNNHead}
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_batched_heads_equal_the_per_episode_heads(head):
+    """What evaluation runs (each spec's ``predict_episodes`` with the config's options) equals
+    the per-scan head of the same spec (what is deployed) fitted episode by episode."""
     rng = np.random.default_rng(4)
     labels = np.repeat(np.array(["AD", "CN", "MCI", "FTD"]), [7, 9, 8, 10])
     subjects = np.arange(len(labels))
     X = rng.normal(size=(len(labels), 24)) + 1.5 * np.eye(4, 24)[np.unique(labels, return_inverse=True)[1]] + 3.0
     batch = sample_episode_batch(labels, subjects, 3, 4, 12 if head == "logreg" else 60, seed=1, n_way=3)
-    proba = predict_episodes(X, batch, head, subjects, {"knn_k": 3})
+    options = head_options(Config().fewshot).get(head, {})
+    proba = HEADS[head].predict_episodes(X, batch, subjects, **options)
     for e in range(batch.n_episodes):
         s, q = batch.support[e], batch.query[e][batch.query[e] >= 0]
-        ref = make().fit(X[s], labels[s])
+        ref = HEADS[head].make(**options).fit(X[s], labels[s])
         cols = np.searchsorted(batch.class_names, ref.classes_)
         expected = ref.predict_proba(X[q])
         if head == "logreg":      # the same C; scikit-learn solved as tightly as medcl's Newton solver

@@ -5,6 +5,7 @@ import csv
 import nibabel as nib
 import numpy as np
 import pytest
+from support import head_volume
 
 from medcl.config import DataConfig
 from medcl.data.cohort import Cohort
@@ -13,11 +14,7 @@ from medcl.data.ingest import IngestError, ingest, preprocess, preprocess_file
 
 def _head(shape=(40, 48, 40)):
     """A smooth ellipsoidal 'head' with an asymmetric bright blob (so flips are visible)."""
-    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
-    r = np.sqrt((g ** 2).sum(0))
-    img = np.clip(1.2 - r, 0, None) * 100
-    img[shape[0] // 4: shape[0] // 4 + 5, 20:25, 18:22] += 80
-    return img.astype(np.float32)
+    return head_volume(shape, (slice(shape[0] // 4, shape[0] // 4 + 5), slice(20, 25), slice(18, 22)), 80.0)
 
 
 def _save(path, data, affine):

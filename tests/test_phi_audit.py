@@ -70,8 +70,8 @@ def test_no_identifier_after_ingest_pretrain_fewshot_and_report(sources, tmp_pat
     from medcl.models import build_encoder
     from medcl.report import ReportData, render_report
     from medcl.serving.inference import load_encoder
-    from pipelines.fewshot import evaluate_encoders, save_features
-    from pipelines.pretrain import encoder_meta, run_pretrain
+    from medcl.fewshot.suite import evaluate_encoders, save_features
+    from medcl.pipelines.pretrain import encoder_meta, run_pretrain
 
     caplog.set_level(logging.INFO)
     os.environ.pop("MLFLOW_TRACKING_URI", None)

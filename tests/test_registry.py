@@ -17,19 +17,9 @@ import numpy as np
 import pytest
 import yaml
 from conftest import TINY_META_SPACING, tiny_encoder_and_head, tiny_meta, use_mlflow
+from support import head_volume
 
 from medcl.serving import registry
-
-
-def head_volume(seed: int = 0) -> np.ndarray:
-    """An ellipsoidal 'head' (64 x 72 x 60 mm at 4 mm) with a bright off-centre blob."""
-    shape = (16, 18, 15)
-    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
-    img = np.clip(1.2 - np.sqrt((g ** 2).sum(0)), 0, None) * 100
-    rng = np.random.default_rng(seed)
-    x, y, z = rng.integers(4, 9, size=3)
-    img[x:x + 3, y:y + 3, z:z + 3] += 60
-    return img.astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +28,7 @@ def scans(tmp_path_factory):
     from dicomwrite import write_series
 
     root = tmp_path_factory.mktemp("scans")
-    vol = head_volume()
+    vol = head_volume(seed=0)   # 64 x 72 x 60 mm at 4 mm, a bright off-centre blob
     affine = np.diag([TINY_META_SPACING] * 3 + [1.0])
     nifti = root / "scan.nii.gz"
     nib.save(nib.Nifti1Image(vol, affine), str(nifti))

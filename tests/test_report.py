@@ -2,7 +2,7 @@
 re-rendered identically from its saved data; rendered in headless Chromium (Debian's
 ``chromium``): every image loads, no section is empty, a screenshot and a PDF come out.
 
-The report is built from real evaluation outputs (``pipelines.fewshot.evaluate_features`` on
+The report is built from real evaluation outputs (``medcl.fewshot.suite.evaluate_features`` on
 synthetic features of a tiny cohort), not from hand-written numbers."""
 
 import base64
@@ -16,8 +16,10 @@ import torch
 
 from medcl.cli import main
 from medcl.config import load_config
+from medcl.fewshot.suite import evaluate_features
 from medcl.report import DEMO_BANNER, MontageSample, load_report_data, render_report, save_report_data
 from medcl.report.browser import browser_check, find_browser, html_to_pdf, screenshot
+from medcl.report.content import build_report_data, model_card
 
 SECTIONS = ["summary", "cohort", "method", "curves", "metrics", "confusion", "roc", "reliability", "embeddings",
             "montage", "sensitivity", "budget", "training", "model-card", "notes", "config"]
@@ -31,8 +33,6 @@ needs_browser = pytest.mark.skipif(find_browser() is None and os.environ.get("ME
 
 @pytest.fixture(scope="module")
 def report_data():
-    import pipelines.fewshot as pf
-
     cfg = load_config(None, TINY)
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 8)
@@ -40,12 +40,12 @@ def report_data():
     feats = {"pretrained": rng.normal(size=(24, 32)) + 2 * np.eye(3, 32)[y], "random_init": rng.normal(size=(24, 32)),
              "raw_voxels": rng.normal(size=(24, 10))}
     views = torch.as_tensor(rng.normal(size=(24, 1, 16, 16, 16)).astype(np.float32))
-    fs = pf.evaluate_features(cfg, feats, labels, SUBJECTS, views, 16)
+    fs = evaluate_features(cfg, feats, labels, SUBJECTS, views, 16)
     montage = [MontageSample(c, rng.random((16, 16, 16)), rng.random((16, 16, 16)), rng.random((16, 16, 16)))
                for c in ("atrophy", "healthy", "lesion")]
-    return pf.build_report_data(cfg, fs, "medcl report test", {"all": fs.counts()}, banner=DEMO_BANNER,
-                                losses=list(np.linspace(3, 1, 50)), montage=montage, notes=["a note"],
-                                model_card=pf._card(cfg, fs, "models:/medcl-encoder@champion", demo=True, deploy_shots=3))
+    return build_report_data(cfg, fs, "medcl report test", {"all": fs.counts()}, banner=DEMO_BANNER,
+                             losses=list(np.linspace(3, 1, 50)), montage=montage, notes=["a note"],
+                             model_card=model_card(cfg, fs, "models:/medcl-encoder@champion", demo=True, deploy_shots=3))
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ def _pretrain_here(cohort: Path, out: Path, resume: bool = False):
     from medcl.config import load_config
     from medcl.data.cohort import Cohort
     from medcl.train import pretrain
-    from pipelines.pretrain import pretrain_cohort
+    from medcl.pipelines.pretrain import pretrain_cohort
 
     threads = torch.get_num_threads()
     try:
@@ -143,7 +143,7 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tiny_cohort, refe
 
     code = ("import sys; from pathlib import Path; from medcl.config import load_config; "
             "from medcl.data.cohort import Cohort; from medcl.train import pretrain; "
-            "from pipelines.pretrain import pretrain_cohort; "
+            "from medcl.pipelines.pretrain import pretrain_cohort; "
             "pretrain(load_config(None, sys.argv[3:]), pretrain_cohort(Cohort.load(sys.argv[1])), Path(sys.argv[2]), "
             "progress=False)")
     # the 3rd checkpoint of the run is the one after step 4; the 2nd (after step 3) must survive

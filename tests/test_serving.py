@@ -15,7 +15,7 @@ import mlflow
 import numpy as np
 import pytest
 from conftest import free_port, stop_process_group, use_mlflow, wait_http
-from test_registry import head_volume
+from support import head_volume
 
 CLASSES = ["atrophy", "healthy", "lesion"]
 

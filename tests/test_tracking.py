@@ -16,6 +16,7 @@ import pytest
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+from support import head_volume
 
 import medcl.tracking as tracking
 from medcl.tracking.spool import TrackingWarning, call_with_retry, is_transient
@@ -133,8 +134,7 @@ def _tiny_cohort(root: Path, n: int = 6) -> Path:
     src = root / "src"
     src.mkdir()
     shape = (20, 24, 20)
-    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
-    base = np.clip(1.2 - np.sqrt((g ** 2).sum(0)), 0, None) * 100
+    base = head_volume(shape, dtype=np.float64)
     rng = np.random.default_rng(0)
     for i in range(n):
         img = base + rng.normal(0, 2, shape)
@@ -145,7 +145,7 @@ def _tiny_cohort(root: Path, n: int = 6) -> Path:
 def test_pretrain_pipeline_run_is_tracked_and_its_encoder_registered(tracking_env, tmp_path, monkeypatch):
     from medcl.config import load_config
     from medcl.data.ingest import ingest
-    from pipelines.pretrain import run_pretrain
+    from medcl.pipelines.pretrain import run_pretrain
 
     monkeypatch.setenv("MEDCL_SYSTEM_METRICS", "false")
     cfg = load_config(None, ["data.spacing=4.0", "augment.view_size=16", "model.widen_factor=0.25", "train.epochs=2",

@@ -27,14 +27,18 @@ import torch
 from torch.nn import functional as F
 
 from medcl.fewshot.episodes import EpisodeBatch
-from medcl.fewshot.heads import l2_normalise
 from medcl.fewshot.logistic import fit_logistic, logits, loso_feasible, loso_fit, span_coordinates
+from medcl.fewshot.ops import l2_normalise
 from medcl.fewshot.stats import EpisodePredictions
 
-__all__ = ["BASELINES", "pca_features", "scratch_predictions", "linear_probe", "downsample_views"]
+__all__ = ["BASELINES", "SOURCE_LABELS", "pca_features", "scratch_predictions", "linear_probe", "downsample_views"]
 
 # fewshot.baselines: the encoder-free baselines scored beside the random-init encoder
 BASELINES = ("raw_voxels", "scratch")
+
+# every feature source and baseline of an evaluation, as reports and paired comparisons name it
+SOURCE_LABELS = {"pretrained": "pretrained encoder", "random_init": "random-init encoder",
+                 "raw_voxels": "raw voxels (PCA)", "scratch": "3D ResNet from scratch"}
 
 
 def pca_features(fit_on: np.ndarray, transform: np.ndarray, n_components: int) -> np.ndarray:

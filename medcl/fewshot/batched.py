@@ -14,7 +14,8 @@ The logistic head is the same per-episode model as :class:`~medcl.fewshot.heads.
 ``C`` chosen per episode by leave-one-subject-out cross-validation on the support set when every
 class has at least 2 support subjects (K >= 2), else ``C = logreg_C``.
 
-Every function returns probabilities ``(E, Q, C)`` over *all* classes of the cohort (columns in
+Each head's entry in :data:`medcl.fewshot.heads.HEADS` names its function here. Every function
+returns probabilities ``(E, Q, C)`` over *all* classes of the cohort (columns in
 ``batch.class_names`` order; classes outside an episode get probability 0); padded query slots
 hold zeros.
 
@@ -24,7 +25,7 @@ Example::
     >>> labels = np.repeat(["a", "b", "c"], 6); subjects = np.arange(18)
     >>> X = rng.normal(size=(18, 8)) + 4 * np.eye(3, 8)[np.repeat([0, 1, 2], 6)]
     >>> batch = sample_episode_batch(labels, subjects, k_shot=2, n_query=3, n_episodes=50, seed=0)
-    >>> predict_episodes(X, batch, "prototype").shape
+    >>> predict_prototype(X, batch).shape
     (50, 9, 3)
 """
 
@@ -33,10 +34,10 @@ from __future__ import annotations
 import numpy as np
 
 from medcl.fewshot.episodes import EpisodeBatch, sample_episode_batch  # noqa: F401  (doctest)
-from medcl.fewshot.heads import softmax
+from medcl.fewshot.ops import softmax
 from medcl.fewshot.logistic import fit_logistic, logits, loso_fit
 
-__all__ = ["predict_episodes", "EPISODE_HEADS", "gram", "episode_blocks"]
+__all__ = ["predict_prototype", "predict_knn", "predict_logreg", "gram", "episode_blocks"]
 
 CHUNK = 1024  # episodes per gather (bounds memory at CHUNK x (S+Q) x S doubles)
 
@@ -153,26 +154,3 @@ def predict_logreg(features, batch: EpisodeBatch, subjects: np.ndarray, Cs=(0.1,
         coef, intercept = fit_logistic(zs, y, batch.n_way, chosen)
     proba = _scatter(batch, softmax(logits(zq, coef, intercept)), slice(0, e))
     return (proba, chosen) if return_C else proba
-
-
-EPISODE_HEADS = {
-    "prototype": lambda X, b, s, o, G: predict_prototype(X, b, "cosine", o.get("centre", True), o.get("temperature", 10.0), G),
-    "prototype_euclidean": lambda X, b, s, o, G: predict_prototype(X, b, "euclidean", o.get("centre", True), G=G),
-    "knn": lambda X, b, s, o, G: predict_knn(X, b, o.get("knn_k", 3), o.get("temperature", 10.0), o.get("centre", True), G),
-    "logreg": lambda X, b, s, o, G: predict_logreg(X, b, s, o.get("logreg_Cs", (0.1, 1.0, 10.0, 100.0)),
-                                                   o.get("logreg_C", 1.0), o.get("centre", True), G),
-}
-
-
-def predict_episodes(features, batch: EpisodeBatch, head: str, subjects=None, options: dict | None = None,
-                     G: np.ndarray | None = None) -> np.ndarray:
-    """Probabilities ``(E, Q, C)`` of head ``head`` (a key of ``EPISODE_HEADS``) on every episode.
-    ``subjects`` (one per feature row) is needed by ``logreg`` (its LOSO folds)."""
-    if head not in EPISODE_HEADS:
-        raise ValueError(f"unknown head {head!r}; known heads: {', '.join(sorted(EPISODE_HEADS))}")
-    features = np.asarray(features, dtype=float)
-    if features.ndim != 2 or not np.isfinite(features).all():
-        raise ValueError(f"features must be a finite 2-D array (scans, dims), got shape {features.shape}")
-    if head == "logreg" and subjects is None:
-        raise ValueError("logreg needs the subject of every scan (its C is chosen leave-one-subject-out)")
-    return EPISODE_HEADS[head](features, batch, subjects, options or {}, G)

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from medcl.fewshot.heads import PrototypeHead, l2_normalise
+from medcl.fewshot.heads import PrototypeHead
+from medcl.fewshot.ops import l2_normalise
 from medcl.fewshot.metrics import balanced_accuracy
 
 __all__ = ["kcenter_greedy", "kmedoids", "suggest", "evaluate_budget", "METHODS"]

@@ -8,6 +8,7 @@ import torch
 
 from medcl.augment import eval_view
 from medcl.data.cohort import Cohort
+from medcl.fewshot.ops import l2_normalise
 from medcl.models import Encoder
 
 
@@ -39,7 +40,6 @@ def tsne_map(features: np.ndarray, seed: int = 0) -> np.ndarray:
     L2-normalised: the geometry of the prototype head); perplexity ``min(30, (N - 1) / 3)``."""
     from sklearn.manifold import TSNE
 
-    from medcl.fewshot.heads import l2_normalise
 
     X = np.asarray(features, dtype=np.float64)
     Z = l2_normalise(X - X.mean(0))

@@ -18,26 +18,18 @@ Example::
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
-from medcl.fewshot.batched import gram, predict_knn, predict_logreg, predict_prototype
+from medcl.fewshot.batched import gram
 from medcl.fewshot.episodes import EpisodeBatch, _group, sample_episode_batch
 from medcl.fewshot.heads import HEADS, make_head
 from medcl.fewshot.stats import EpisodePredictions, summarise
 
-__all__ = ["evaluate_episodes", "EvalSpec", "run_heads", "episode_truth", "check_shots", "usable_shots",
-           "HEAD_NAMES"]
-
-# evaluation head name -> (registry head, fixed kwargs)
-HEAD_NAMES = {"prototype": ("prototype", {"metric": "cosine"}),
-              "prototype_euclidean": ("prototype", {"metric": "euclidean"}),
-              "logreg": ("logreg", {}),
-              "knn": ("knn", {})}
+__all__ = ["evaluate_episodes", "EvalSpec", "run_heads", "episode_truth", "check_shots", "usable_shots"]
 
 
 def check_shots(shots) -> list[int]:
@@ -75,8 +67,9 @@ def episode_truth(batch: EpisodeBatch, labels, subjects) -> tuple[np.ndarray, np
 
 @dataclass
 class EvalSpec:
-    """What to run: heads (names of ``HEAD_NAMES``), episodes per head (``episodes``; heads
-    not listed get ``n_episodes``), head options, and the bootstrap."""
+    """What to run: heads (names in :data:`~medcl.fewshot.heads.HEADS`), episodes per head
+    (``episodes``; heads not listed get ``n_episodes``), head options (``options[head]``: keyword
+    arguments of the head's class), and the bootstrap."""
 
     shots: Sequence[int]
     heads: Sequence[str] = ("prototype",)
@@ -89,19 +82,6 @@ class EvalSpec:
     options: dict = field(default_factory=dict)
 
 
-def _predict(head: str, features, batch: EpisodeBatch, subjects, options: dict, G) -> np.ndarray:
-    base, fixed = HEAD_NAMES[head]
-    kw = {**fixed, **options.get(head, {})}
-    if base == "prototype":
-        return predict_prototype(features, batch, kw.get("metric", "cosine"), kw.get("centre", True),
-                                 kw.get("temperature", 10.0), G)
-    if base == "knn":
-        return predict_knn(features, batch, kw.get("k", 3), kw.get("temperature", 10.0), kw.get("centre", True), G)
-    Cs = (kw["C"],) if kw.get("C") is not None else kw.get("Cs", (0.1, 1.0, 10.0, 100.0))
-    return predict_logreg(features, batch, subjects, Cs, kw.get("C") or kw.get("C_fallback", 1.0),
-                          kw.get("centre", True), G)
-
-
 def run_heads(feature_sets: dict, labels, subjects, spec: EvalSpec, batches: dict | None = None):
     """Score every head on every feature set, per K, on shared episodes.
 
@@ -110,8 +90,8 @@ def run_heads(feature_sets: dict, labels, subjects, spec: EvalSpec, batches: dic
     :class:`~medcl.fewshot.stats.EpisodePredictions`; ``batches[str(K)]`` the episodes."""
     labels, subjects = np.asarray(labels), np.asarray(subjects)
     for h in spec.heads:
-        if h not in HEAD_NAMES:
-            raise ValueError(f"unknown head {h!r}; known heads: {', '.join(HEAD_NAMES)}")
+        if h not in HEADS:
+            raise ValueError(f"unknown head {h!r}; known heads: {', '.join(HEADS)}")
     shots = usable_shots(labels, subjects, check_shots(spec.shots), stacklevel=4)
     n_subjects = len(np.unique(subjects))
     need = max([spec.episodes.get(h, spec.n_episodes) for h in spec.heads] + [1])
@@ -131,7 +111,7 @@ def run_heads(feature_sets: dict, labels, subjects, spec: EvalSpec, batches: dic
         for head in spec.heads:
             for k in shots:
                 batch = batches[str(k)].first(spec.episodes.get(head, spec.n_episodes))
-                proba = _predict(head, feats, batch, subjects, spec.options, G)
+                proba = HEADS[head].predict_episodes(feats, batch, subjects, G, **spec.options.get(head, {}))
                 y, subj = episode_truth(batch, labels, subjects)
                 pred = EpisodePredictions(y, proba, subj, batch.class_names.tolist(), _membership(batch))
                 predictions.setdefault(name, {}).setdefault(head, {})[str(k)] = pred
@@ -151,9 +131,9 @@ def evaluate_episodes(features: np.ndarray, labels: np.ndarray, subjects: np.nda
                       n_way: int | None = None, head_kwargs: dict | None = None, n_boot: int = 1000) -> dict:
     """One head on one feature set: every metric with its 95% CIs, per K in ``shots``.
 
-    ``head`` is a registry name (``prototype``, ``logreg``, ``knn``) with ``head_kwargs`` as for
+    ``head`` is a name in :data:`~medcl.fewshot.heads.HEADS` with ``head_kwargs`` as for
     :func:`~medcl.fewshot.heads.make_head` (``logreg`` without ``C`` chooses it by
-    leave-one-subject-out cross-validation), or an evaluation name of ``HEAD_NAMES``. Returns
+    leave-one-subject-out cross-validation). Returns
     ``{str(K): summarise(...)}``: ``accuracy``, ``balanced_accuracy``, ``ci95`` (of balanced
     accuracy, subject bootstrap), ``*_ci95_episodic``, ``macro_f1``, ``auc``, ``ece``,
     ``brier`` (each with ``_ci95``), ``sensitivity``/``specificity`` per class, ``confusion``
@@ -168,16 +148,8 @@ def evaluate_episodes(features: np.ndarray, labels: np.ndarray, subjects: np.nda
         raise ValueError(f"features ({len(features)} rows) and labels ({len(labels)}) differ in length")
     if not np.isfinite(features).all():
         raise ValueError("features contain NaN or inf")
-    if head not in HEADS and head not in HEAD_NAMES:
-        raise ValueError(f"unknown head {head!r}; known heads: {', '.join(sorted(set(HEADS) | set(HEAD_NAMES)))}")
-    base, fixed = HEAD_NAMES.get(head, (head, {}))
-    kwargs = {**fixed, **(head_kwargs or {})}
-    make_head(base, **kwargs)  # bad kwargs fail here, before any episode
-    if base == "logreg" and "C" not in kwargs:
-        kwargs["C"] = None
-    if base == "knn":
-        known = inspect.signature(HEADS["knn"]).parameters
-        kwargs = {k: v for k, v in kwargs.items() if k in known}
+    kwargs = dict(head_kwargs or {})
+    make_head(head, **kwargs)  # an unknown head or bad kwargs fail here, before any episode
     shots = usable_shots(labels, subjects, check_shots(shots))
     if not shots:
         return {}

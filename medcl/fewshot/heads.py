@@ -11,6 +11,9 @@
 - ``KNNHead``: distance-weighted k nearest neighbours (Dudani 1976) by cosine on CL2N features.
 - ``LinearHead``: the deployable form of either (``head.to_linear()``): ``softmax(W f(x) + b)``
   with the same probabilities, stored as plain arrays in an ``.npz`` (nothing pickled).
+- ``HEADS``: the one table of heads, by evaluation name (``prototype``, ``prototype_euclidean``,
+  ``logreg``, ``knn``): each a :class:`HeadSpec` holding the head class and its fixed options,
+  its vectorised episode predictor (:mod:`medcl.fewshot.batched`), how it deploys, its label.
 
 Example::
 
@@ -22,25 +25,22 @@ Example::
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LogisticRegression
 
-__all__ = ["PrototypeHead", "LogisticHead", "KNNHead", "LinearHead", "HEADS", "make_head", "l2_normalise", "softmax"]
+from medcl.fewshot.batched import predict_knn, predict_logreg, predict_prototype
+from medcl.fewshot.episodes import EpisodeBatch
+from medcl.fewshot.logistic import loso_feasible, loso_select_C, span_coordinates
+from medcl.fewshot.ops import l2_normalise, softmax
 
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Rows (last axis) scaled to unit L2 norm; all-zero rows stay zero (as ``sklearn.preprocessing.normalize``)."""
-    norm = np.sqrt(np.einsum("...d,...d->...", x, x))[..., None]
-    return x / np.where(norm == 0, 1.0, norm)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Numerically stable softmax over the last axis."""
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
+__all__ = ["PrototypeHead", "LogisticHead", "KNNHead", "LinearHead", "HeadSpec", "HEADS", "make_head", "deployable",
+           "l2_normalise", "softmax"]
 
 
 def _check_fit(head: str, X, y) -> tuple[np.ndarray, np.ndarray]:
@@ -207,8 +207,6 @@ class LogisticHead:
         return l2_normalise(X - self.mean_)
 
     def fit(self, X, y, groups=None) -> "LogisticHead":
-        from medcl.fewshot.logistic import loso_feasible, loso_select_C, span_coordinates
-
         X, y = _check_fit("LogisticHead", X, y)
         self.n_features_in_ = X.shape[1]
         self.mean_ = X.mean(axis=0) if self.centre else np.zeros(X.shape[1])
@@ -282,11 +280,85 @@ class KNNHead:
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 
-HEADS: dict[str, type] = {"prototype": PrototypeHead, "logreg": LogisticHead, "knn": KNNHead}
+@dataclass(frozen=True)
+class HeadSpec:
+    """One few-shot head, under its evaluation name in :data:`HEADS`.
+
+    ``head`` with the ``fixed`` options is the per-scan head (``fit``/``predict_proba``) that is
+    deployed; ``episodes`` the same head vectorised over an episode batch (what evaluation
+    runs): ``episodes(features, batch, subjects, G, options)`` with every option of ``head``
+    resolved (:meth:`options`), returning probabilities ``(E, Q, C)``. A fitted head has an
+    exact :class:`LinearHead` form (``to_linear``) unless ``deploy_as`` names the head deployed
+    in its place (:func:`deployable`); ``label`` is its name in reports."""
+
+    head: type
+    episodes: Callable
+    label: str
+    fixed: dict = field(default_factory=dict)
+    deploy_as: str | None = None
+
+    @property
+    def linear(self) -> bool:
+        """Whether the fitted head turns into a :class:`LinearHead` (``to_linear``)."""
+        return self.deploy_as is None
+
+    def options(self, **options) -> dict:
+        """Every constructor option of ``head``: its defaults, then ``fixed``, then ``options``;
+        an option ``head`` does not take is a ``TypeError``, as from the constructor itself."""
+        params = inspect.signature(self.head).parameters
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            raise TypeError(f"{self.head.__name__}() got an unexpected keyword argument {unknown[0]!r} "
+                            f"(known: {', '.join(params)})")
+        return {**{k: p.default for k, p in params.items()}, **self.fixed, **options}
+
+    def make(self, **options):
+        """A new, unfitted per-scan head (its arguments checked)."""
+        return self.head(**self.options(**options))
+
+    def predict_episodes(self, features, batch: EpisodeBatch, subjects=None, G: np.ndarray | None = None,
+                         **options) -> np.ndarray:
+        """Probabilities ``(E, Q, C)`` of this head on every episode of ``batch`` (columns in
+        ``batch.class_names`` order); ``subjects`` (one per feature row) for the logistic head's
+        leave-one-subject-out choice of ``C``; ``G`` the features' Gram matrix, if computed."""
+        return self.episodes(features, batch, subjects, G, self.options(**options))
 
 
-def make_head(name: str, **kwargs):
-    """A new head by registry name, e.g. ``make_head("logreg", C=0.5)``."""
+def _prototype_episodes(features, batch, subjects, G, o: dict) -> np.ndarray:
+    return predict_prototype(features, batch, o["metric"], o["centre"], o["temperature"], G)
+
+
+def _knn_episodes(features, batch, subjects, G, o: dict) -> np.ndarray:
+    return predict_knn(features, batch, o["k"], o["temperature"], o["centre"], G)
+
+
+def _logreg_episodes(features, batch, subjects, G, o: dict) -> np.ndarray:
+    """``C`` given: that ``C``; ``C=None``: chosen from ``Cs`` per episode (``C_fallback`` at K = 1)."""
+    if subjects is None:
+        raise ValueError("logreg needs the subject of every scan (its C is chosen leave-one-subject-out)")
+    Cs = (o["C"],) if o["C"] is not None else o["Cs"]
+    return predict_logreg(features, batch, subjects, Cs, o["C"] or o["C_fallback"], o["centre"], G)
+
+
+# The one table of few-shot heads: config validation, evaluation, deployment and the report read it.
+HEADS: dict[str, HeadSpec] = {
+    "prototype": HeadSpec(PrototypeHead, _prototype_episodes, "prototype (cosine, CL2N)", {"metric": "cosine"}),
+    "prototype_euclidean": HeadSpec(PrototypeHead, _prototype_episodes, "prototype (Euclidean)",
+                                    {"metric": "euclidean"}),
+    "logreg": HeadSpec(LogisticHead, _logreg_episodes, "logistic regression (C by LOSO)", {"C": None}),
+    "knn": HeadSpec(KNNHead, _knn_episodes, "kNN (cosine, distance-weighted)", deploy_as="prototype"),
+}
+
+
+def make_head(name: str, **options):
+    """A new per-scan head by its name in :data:`HEADS`, e.g. ``make_head("logreg", C=0.5)``
+    (``logreg`` without ``C`` chooses it by leave-one-subject-out cross-validation)."""
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r}; known heads: {', '.join(sorted(HEADS))}")
-    return HEADS[name](**kwargs)
+    return HEADS[name].make(**options)
+
+
+def deployable(name: str) -> tuple[str, HeadSpec]:
+    """The head deployed for head ``name``: itself when it has a linear form, else its ``deploy_as``."""
+    spec = HEADS[name]
+    return (name, spec) if spec.linear else (spec.deploy_as, HEADS[spec.deploy_as])

@@ -12,11 +12,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-SOURCE_LABELS = {"pretrained": "pretrained encoder", "random_init": "random-init encoder",
-                 "raw_voxels": "raw voxels (PCA)", "scratch": "3D ResNet from scratch"}
-HEAD_LABELS = {"prototype": "prototype (cosine, CL2N)", "prototype_euclidean": "prototype (Euclidean)",
-               "logreg": "logistic regression (C by LOSO)", "knn": "kNN (cosine, distance-weighted)",
-               "scratch": "trained end to end"}
+from medcl.fewshot.baselines import SOURCE_LABELS  # noqa: E402
+from medcl.fewshot.heads import HEADS  # noqa: E402
+
+HEAD_LABELS = {**{name: spec.label for name, spec in HEADS.items()}, "scratch": "trained end to end"}
 METRIC_LABELS = {"balanced_accuracy": "balanced accuracy", "accuracy": "accuracy", "macro_f1": "macro-F1",
                  "auc": "ROC AUC (one-vs-rest)", "ece": "expected calibration error", "brier": "Brier score"}
 COLOURS = {"pretrained": "#1f77b4", "random_init": "#ff7f0e", "raw_voxels": "#2ca02c", "scratch": "#d62728"}

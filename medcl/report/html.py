@@ -53,7 +53,7 @@ class ReportData:
     method: list[str] = field(default_factory=list)        # how the numbers were made, one item a line
     ceiling: dict = field(default_factory=dict)            # source -> summarise() of the linear probe on all labels
     scratch: dict = field(default_factory=dict)            # shot -> summarise() of the from-scratch 3D ResNet
-    paired: list[dict] = field(default_factory=list)       # paired differences (see pipelines.fewshot)
+    paired: list[dict] = field(default_factory=list)       # paired differences (see medcl.fewshot.suite)
     rocs: dict = field(default_factory=dict)               # method name -> stats.roc_points()
     reliability: dict = field(default_factory=dict)        # method name -> stats.reliability_bins() + "ece"
     embeddings: dict = field(default_factory=dict)         # source -> {"xy", "labels", "method"}

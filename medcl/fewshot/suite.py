@@ -1,0 +1,274 @@
+"""The few-shot evaluation suite: frozen encoders -> embeddings -> every head of
+:data:`~medcl.fewshot.heads.HEADS` and every baseline on the same episodes -> metrics with
+subject-bootstrap CIs, paired comparisons, ROC and reliability data, label-budget check, t-SNE
+maps; and the deployable head (fitted on K labelled scans per class).
+
+Which scans are evaluated is decided here: the labelled scans of the ``test`` split, never seen
+by pretraining (:func:`evaluation_cohort`); the raw-voxel PCA is fitted on the unlabelled
+pretraining scans (:func:`pca_cohort`).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medcl import tracking
+from medcl.config import Config, FewShotConfig, config_to_dict, flatten
+from medcl.data.cohort import Cohort
+from medcl.fewshot.baselines import SOURCE_LABELS, linear_probe, pca_features, scratch_predictions
+from medcl.fewshot.budget import evaluate_budget
+from medcl.fewshot.embed import cohort_views, embed_cohort, embed_views, tsne_map
+from medcl.fewshot.evaluate import EvalSpec, run_heads
+from medcl.fewshot.heads import LinearHead, deployable
+from medcl.fewshot.stats import paired_difference, reliability_bins, roc_points, summarise
+from medcl.models import Encoder
+
+__all__ = ["FewShotOutput", "evaluation_cohort", "pca_cohort", "confusion_shot", "head_options", "eval_spec",
+           "evaluate_encoders", "evaluate_features", "fit_deployable_head", "save_features", "log_to_mlflow"]
+
+
+def evaluation_cohort(cohort: Cohort) -> Cohort:
+    """Labelled scans of the ``test`` split (never seen by pretraining), else all labelled."""
+    test = cohort.select(split="test", labelled=True)
+    return test if len(test) else cohort.select(labelled=True)
+
+
+def pca_cohort(cohort: Cohort) -> Cohort:
+    """The scans the raw-voxel PCA is fitted on: the ``train`` split (the unlabelled pretraining
+    scans, labels unused) when it has 2+ scans, else the evaluation scans (still no labels)."""
+    train = cohort.select(split="train")
+    return train if len(train) >= 2 else evaluation_cohort(cohort)
+
+
+@dataclass
+class FewShotOutput:
+    results: dict            # source -> head -> shot -> metrics (summarise)
+    features: dict           # source -> (N, D) features of the evaluation cohort
+    cohort: Cohort | None
+    predictions: dict = field(default_factory=dict)   # source -> head -> shot -> EpisodePredictions
+    scratch: dict = field(default_factory=dict)       # shot -> metrics of the from-scratch 3D ResNet
+    ceiling: dict = field(default_factory=dict)       # source -> metrics of the linear probe on all labels
+    paired: list = field(default_factory=list)
+    budget: dict = field(default_factory=dict)
+    embeddings: dict = field(default_factory=dict)
+    rocs: dict = field(default_factory=dict)
+    reliability: dict = field(default_factory=dict)
+    confusion_shot: str = ""
+    timings: dict = field(default_factory=dict)
+    labels: np.ndarray | None = None
+    subjects: np.ndarray | None = None
+
+    def counts(self) -> dict:
+        """Counts only (never identifiers) of the evaluated scans."""
+        if self.cohort is not None:
+            return self.cohort.counts()
+        names, n = np.unique(self.labels, return_counts=True)
+        return {"scans": int(len(self.labels)), "subjects": int(len(np.unique(self.subjects))),
+                "labels": {str(a): int(b) for a, b in zip(names, n)}}
+
+
+def confusion_shot(shots: list[str]) -> str:
+    """The K the per-K figures and tables show: 5 when evaluated, else the largest."""
+    return "5" if "5" in shots else max(shots, key=int) if shots else ""
+
+
+def head_options(f: FewShotConfig) -> dict:
+    """The config's options of each head (keyword arguments of its class), for evaluation and
+    deployment alike."""
+    return {"logreg": {"Cs": tuple(f.logreg_Cs), "C_fallback": f.logreg_C}, "knn": {"k": f.knn_k}}
+
+
+def eval_spec(f: FewShotConfig) -> EvalSpec:
+    return EvalSpec(list(f.shots), tuple(f.heads), f.n_query, f.n_episodes, {"logreg": f.logreg_episodes}, f.seed,
+                    None, f.n_boot, head_options(f))
+
+
+@contextmanager
+def _timed(timings: dict, key: str):
+    t = time.perf_counter()
+    yield
+    timings[key] = time.perf_counter() - t
+
+
+def evaluate_encoders(cfg: Config, cohort: Cohort, encoders: dict[str, Encoder], view_size: int | None = None,
+                      log=print) -> FewShotOutput:
+    """Every encoder and baseline, every head, the same episodes (same seed) for all of them."""
+    f = cfg.fewshot
+    view_size = view_size or cfg.augment.view_size
+    eval_set = evaluation_cohort(cohort)
+    if len(eval_set) == 0:
+        raise ValueError(f"{cohort.root}: no labelled scans to evaluate few-shot heads on")
+    timings: dict = {}
+    with _timed(timings, "embed"):
+        views = cohort_views(eval_set, view_size)
+        features = {name: embed_views(enc, views) for name, enc in encoders.items()}
+    if "raw_voxels" in f.baselines:
+        with _timed(timings, "pca"):
+            fit_set = pca_cohort(cohort)
+            fit_views = views if fit_set.rows == eval_set.rows else cohort_views(fit_set, view_size)
+            features["raw_voxels"] = pca_features(torch.stack(fit_views).numpy(), torch.stack(views).numpy(),
+                                                  f.pca_components).astype(np.float32)
+    out = evaluate_features(cfg, features, eval_set.labels, eval_set.subjects, torch.stack(views), view_size)
+    out.cohort = eval_set
+    out.timings = {**{k: round(v, 2) for k, v in timings.items()}, **out.timings}
+    return out
+
+
+def evaluate_features(cfg: Config, features: dict, labels, subjects, views: torch.Tensor | None = None,
+                      view_size: int | None = None) -> FewShotOutput:
+    """Every head on every feature set (``source -> (N, D)``), the same episodes for all; the
+    from-scratch ResNet on ``views`` ``(N, 1, S, S, S)`` (skipped when ``None``), the linear
+    probe, paired differences, ROC and reliability data, label-budget check, t-SNE maps."""
+    f = cfg.fewshot
+    labels, subjects = np.asarray(labels), np.asarray(subjects)
+    timings: dict = {}
+    with _timed(timings, "heads"):
+        results, predictions, batches = run_heads(features, labels, subjects, eval_spec(f))
+    shots = sorted(batches, key=int)
+    out = FewShotOutput(results, features, None, predictions, confusion_shot=confusion_shot(shots), labels=labels,
+                        subjects=subjects)
+    scratch_pred = {}
+    if "scratch" in f.baselines and shots and views is not None:
+        with _timed(timings, "scratch"):
+            scratch_pred = _scratch(f, out, views, batches, shots, view_size)
+    if f.probe:
+        with _timed(timings, "probe"):
+            _probe(f, out)
+    with _timed(timings, "statistics"):
+        _statistics(f, out, scratch_pred)
+    if f.budget_method != "none" and "pretrained" in features:
+        with _timed(timings, "budget"):
+            out.budget = evaluate_budget(features["pretrained"], labels, subjects, [int(s) for s in shots],
+                                         f.budget_method, f.budget_random, f.seed)
+    if f.embedding_map == "tsne":
+        with _timed(timings, "tsne"):
+            for name, feats in features.items():
+                out.embeddings[name] = {"xy": tsne_map(feats, f.seed).tolist(), "labels": labels.tolist(),
+                                        "method": "t-SNE (scikit-learn, CL2N features)"}
+    out.timings = {k: round(v, 2) for k, v in timings.items()}
+    return out
+
+
+def _n_subjects(out: FewShotOutput) -> int:
+    return len(np.unique(out.subjects))
+
+
+def _scratch(f: FewShotConfig, out: FewShotOutput, views: torch.Tensor, batches: dict, shots: list[str],
+             view_size: int | None) -> dict:
+    """The from-scratch 3D ResNet on the first ``scratch_episodes`` episodes of each K: its
+    predictions per K; its metrics go to ``out.scratch``."""
+    size = min(f.scratch_view_size, view_size or views.shape[-1])
+    pred = {}
+    for k in shots:
+        batch = batches[k].first(f.scratch_episodes)
+        pred[k] = scratch_predictions(views, out.labels, out.subjects, batch, f.scratch_widen, f.scratch_steps,
+                                      f.scratch_lr, size, f.seed)
+        out.scratch[k] = summarise(pred[k], f.n_boot, f.seed, _n_subjects(out))
+    return pred
+
+
+def _probe(f: FewShotConfig, out: FewShotOutput) -> None:
+    """The linear probe on all labels (the ceiling) of every feature source."""
+    for name, feats in out.features.items():
+        try:
+            out.ceiling[name] = summarise(linear_probe(feats, out.labels, out.subjects, f.logreg_Cs, f.probe_folds,
+                                                       f.seed, f.logreg_C), f.n_boot, f.seed, _n_subjects(out))
+        except ValueError as exc:       # e.g. a class with a single subject: no fold can test it
+            warnings.warn(f"linear probe on {name} skipped: {exc}", stacklevel=3)
+
+
+def _statistics(f: FewShotConfig, out: FewShotOutput, scratch_pred: dict) -> None:
+    """Paired differences, and the ROC and reliability data of the primary head at the confusion K."""
+    predictions, k, h = out.predictions, out.confusion_shot, f.primary_head
+    out.paired = _paired(predictions, scratch_pred, h, f.n_boot, f.seed, _n_subjects(out))
+    for name in predictions:
+        if k in predictions[name].get(h, {}):
+            p = predictions[name][h][k]
+            out.rocs[name] = roc_points(p)
+            out.reliability[f"{SOURCE_LABELS.get(name, name)}, {h}"] = {**reliability_bins(p),
+                                                                       "ece": out.results[name][h][k]["ece"]}
+    if k in scratch_pred:
+        out.rocs["scratch"] = roc_points(scratch_pred[k])
+        out.reliability[SOURCE_LABELS["scratch"]] = {**reliability_bins(scratch_pred[k]), "ece": out.scratch[k]["ece"]}
+
+
+def _paired(predictions: dict, scratch: dict, head: str, n_boot: int, seed: int, n_subjects: int) -> list[dict]:
+    """Pretrained against every other source (same head), and against the from-scratch ResNet,
+    per K, on shared episodes."""
+    out = []
+    if "pretrained" not in predictions:
+        return out
+    mine = predictions["pretrained"]
+    for k in sorted(mine.get(head, {}), key=int):
+        others = [(src, predictions[src][head][k]) for src in predictions if src != "pretrained"
+                  and k in predictions[src].get(head, {})]
+        if k in scratch:
+            others.append(("scratch", scratch[k]))
+        for src, p in others:
+            d = paired_difference(mine[head][k], p, "balanced_accuracy", n_boot, seed, n_subjects)
+            out.append({**d, "a": "pretrained", "b": src, "head": head, "shots": k,
+                        "a_label": SOURCE_LABELS["pretrained"], "b_label": SOURCE_LABELS.get(src, src)})
+    return out
+
+
+def fit_deployable_head(cfg: Config, encoder: Encoder, cohort: Cohort, k: int) -> tuple[LinearHead, list[str]]:
+    """Fit the primary head on ``k`` labelled scans per class, one per subject, drawn by seed
+    from the ``train`` split (or from all labelled scans); returns (linear head, scan keys).
+    A primary head with no linear form (kNN) deploys the head its spec names (``deploy_as``)."""
+    pool = cohort.select(split="train", labelled=True)
+    pool = pool if len(pool) else cohort.select(labelled=True)
+    rng = np.random.default_rng(cfg.fewshot.seed)
+    chosen: list[int] = []
+    for label in sorted(set(pool.labels.tolist())):
+        subjects = sorted({pool.rows[i]["subject_key"] for i in range(len(pool)) if pool.rows[i]["label"] == label})
+        picked = rng.choice(subjects, size=min(k, len(subjects)), replace=False)
+        for s in picked:
+            chosen.append(next(i for i in range(len(pool)) if pool.rows[i]["subject_key"] == s))
+    support = Cohort(pool.root, [pool.rows[i] for i in chosen])
+    feats = embed_cohort(encoder, support, cfg.augment.view_size)
+    name, spec = deployable(cfg.fewshot.primary_head)
+    head = spec.make(**head_options(cfg.fewshot).get(name, {})).fit(feats, support.labels)
+    return head.to_linear(), support.scan_keys.tolist()
+
+
+def save_features(out: FewShotOutput, path: Path) -> None:
+    """The evaluated features of every source with their labels and subject keys (``.npz``)."""
+    np.savez_compressed(path, labels=out.labels, subjects=out.subjects,
+                        **{f"features_{k}": v for k, v in out.features.items()})
+
+
+def log_to_mlflow(cfg: Config, fs: FewShotOutput) -> None:
+    """Params and metrics of the evaluation on the current run (``SOURCE.HEAD.METRIC`` with step K)."""
+    tracking.log_params({f"fewshot.{k}": v for k, v in flatten(config_to_dict(cfg)["fewshot"]).items()})
+    for src, heads in fs.results.items():
+        for head, by_k in heads.items():
+            for k, r in by_k.items():
+                tracking.log_metrics(_metric_dict(f"{src}.{head}", r), int(k))
+    for k, r in fs.scratch.items():
+        tracking.log_metrics(_metric_dict("scratch", r), int(k))
+    for src, r in fs.ceiling.items():
+        tracking.log_metrics(_metric_dict(f"{src}.probe", r), 0)
+    for p in fs.paired:
+        tracking.log_metrics({f"paired.{p['a']}_minus_{p['b']}.{p['head']}.balanced_accuracy": p["difference"]},
+                             int(p["shots"]))
+    for k, r in fs.budget.items():
+        tracking.log_metrics({"budget.suggested.balanced_accuracy": r["suggested"],
+                              "budget.random.balanced_accuracy": r["random_mean"]}, int(k))
+
+
+def _metric_dict(prefix: str, r: dict) -> dict:
+    out = {}
+    for m in ("accuracy", "balanced_accuracy", "macro_f1", "auc", "ece", "brier"):
+        if m in r and r[m] == r[m]:
+            out[f"{prefix}.{m}"] = r[m]
+            lo, hi = r["ci95" if m == "balanced_accuracy" else f"{m}_ci95"]
+            if lo == lo and hi == hi:
+                out[f"{prefix}.{m}.ci95_lo"], out[f"{prefix}.{m}.ci95_hi"] = lo, hi
+    return out

@@ -1,0 +1,91 @@
+"""Pretraining pipeline: cohort -> contrastive pretraining -> MLflow run + registered encoder."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from medcl import tracking
+from medcl.config import Config, config_to_dict, flatten
+from medcl.data.cohort import Cohort
+from medcl.serving.registry import alias_new_version, log_encoder
+from medcl.train import PretrainResult, pretrain
+from medcl.train.checkpoint import read_run_id
+from medcl.train.distributed import is_main_process
+
+
+def encoder_meta(cfg: Config) -> dict:
+    """What a registered model needs to rebuild the encoder and prepare its input."""
+    return {"arch": cfg.model.arch, "conv1_t_stride": cfg.model.conv1_t_stride, "widen_factor": cfg.model.widen_factor,
+            "view_size": cfg.augment.view_size, "data": config_to_dict(cfg)["data"]}
+
+
+@dataclass
+class PretrainOutput:
+    run_id: str | None      # None only while the tracking server is unreachable (see medcl.tracking)
+    result: PretrainResult
+    encoder_uri: str | None
+
+
+def pretrain_cohort(cohort: Cohort) -> Cohort:
+    """The scans pretraining may see: the ``train`` split when there is one, else all."""
+    train = cohort.select(split="train")
+    return train if len(train) else cohort
+
+
+@contextmanager
+def _continued_run(run_id: str, name: str):
+    """The MLflow run ``run_id`` again (``--resume``): reopened as the active run, which
+    medcl.tracking logs to; FINISHED when the block ends, FAILED if it raises."""
+    import mlflow
+
+    from medcl.tracking import RunHandle
+
+    with mlflow.start_run(run_id=run_id):
+        yield RunHandle(run_id, name, "", run_id=run_id)
+
+
+def run_pretrain(cfg: Config, cohort_dir: Path, out_dir: Path, tracking_uri: str, progress: bool = True,
+                 register: bool = True, resume: bool = False) -> PretrainOutput:
+    """Pretrain on ``cohort_dir``'s train split, log to MLflow at ``tracking_uri``, register the encoder. With
+    ``resume``, continue from ``out_dir/pretrain/checkpoints/last.pt`` and its MLflow run.
+    Under torchrun only rank 0 talks to MLflow; the other ranks train and return no run."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cohort = pretrain_cohort(Cohort.load(cohort_dir))
+    if not is_main_process():
+        result = pretrain(cfg, cohort, out_dir / "pretrain", progress=False, resume=resume)
+        return PretrainOutput(None, result, None)
+    resume_id = read_run_id(out_dir / "pretrain" / "checkpoints" / "last.pt") if resume else ""
+    tracking.setup(tracking_uri, f"{cfg.tracking.experiment}-pretrain", out_dir)
+    cfg_dict = config_to_dict(cfg)
+    name = f"pretrain-{cfg.train.method}"
+    with (_continued_run(resume_id, name) if resume_id else
+          tracking.start_run(name, tags={"medcl.stage": "pretrain", "medcl.cohort.scans": str(len(cohort))})) as run:
+        if not resume_id:
+            tracking.log_params(flatten({k: cfg_dict[k] for k in ("data", "augment", "model", "train")}))
+            tracking.log_dict(cfg_dict, "config.yaml")
+        result = pretrain(cfg, cohort, out_dir / "pretrain", progress=progress, resume=resume, run_id=run.run_id)
+        tracking.log_metrics({"pretrain_seconds": result.seconds, "final_loss": result.losses[-1]}, result.steps)
+        tracking.log_artifact(result.checkpoint_path, "checkpoints")
+        uri = None
+        if register:
+            from medcl.serving.inference import load_encoder
+
+            encoder = load_encoder(result.encoder_path, encoder_meta(cfg))
+            name = cfg.tracking.encoder_model_name
+            info = log_encoder(encoder, encoder_meta(cfg), name, run=run, version_tags={"medcl.pretrain_run_id": run.run_id},
+                               card_info={"training_data": f"{len(cohort)} unlabelled scans, {cfg.train.method} "
+                                          f"for {cfg.train.epochs} epochs (final loss {result.losses[-1]:.4f})",
+                                          "lineage": {"pretraining run": run.run_id}})
+            if info is not None:
+                uri = f"models:/{name}/{info.registered_model_version}"
+                alias_new_version(name, info.registered_model_version, cfg.tracking.alias)
+                tracking.set_tags({"medcl.encoder_uri": uri})
+        (out_dir / "pretrain" / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+        (out_dir / "pretrain" / "run.json").write_text(json.dumps({"run_id": run.run_id, "encoder_uri": uri}))
+    return PretrainOutput(run.run_id, result, uri)
