@@ -27,9 +27,11 @@ import torch
 from torch.nn import functional as F
 
 from medcl.fewshot.episodes import EpisodeBatch
+from medcl.fewshot.evaluate import episode_truth
 from medcl.fewshot.logistic import fit_logistic, logits, loso_feasible, loso_fit, span_coordinates
 from medcl.fewshot.ops import l2_normalise
 from medcl.fewshot.stats import EpisodePredictions
+from medcl.models import build_encoder
 
 __all__ = ["BASELINES", "SOURCE_LABELS", "pca_features", "scratch_predictions", "linear_probe", "downsample_views"]
 
@@ -68,8 +70,6 @@ def downsample_views(views: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _train_one(x, y, n_way, widen, steps, lr, seed):
-    from medcl.models import build_encoder
-
     enc = build_encoder("resnet10", 2, widen, seed=seed)
     for m in enc.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -100,8 +100,6 @@ def scratch_predictions(views: torch.Tensor, labels, subjects, batch: EpisodeBat
 
     ``views``: ``(N, 1, S, S, S)`` evaluation views of every scan (row order of ``labels``),
     downsampled to ``size``; episode ``e`` trains with seed ``seed + e``."""
-    from medcl.fewshot.evaluate import episode_truth
-
     x_all = downsample_views(torch.as_tensor(views), size)
     C = len(batch.class_names)
     proba = np.zeros(batch.query.shape + (C,))
