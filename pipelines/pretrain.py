@@ -15,7 +15,7 @@ from medcl.data.cohort import Cohort
 from medcl.tracking.registry import alias_new_version, log_encoder
 from medcl.train import PretrainResult, pretrain
 from medcl.train.checkpoint import read_run_id
-from medcl.train.distributed import is_main_process
+from medcl.dist import is_main_process
 
 
 def encoder_meta(cfg: Config) -> dict:

@@ -1,7 +1,6 @@
 """Pretraining: the loop, optimisers and schedules, checkpoints and resume, DDP, health metrics.
 
-Attributes load lazily, so ``medcl.train.distributed`` (used by the methods) imports without
-the loop and MLflow.
+Attributes load lazily.
 """
 
 from __future__ import annotations

@@ -28,10 +28,10 @@ from medcl.augment import make_pair
 from medcl.config import AugmentConfig, Config, ConfigError, TrainConfig, config_to_dict
 from medcl.data.cohort import Cohort
 from medcl.ssl import build_method
-from medcl.train import distributed
+from medcl import dist
 from medcl.train.checkpoint import (PAUSE_ENV, CheckpointError, config_mismatch, debug_pause, load_checkpoint,
                                     rng_state, save_atomic, set_rng_state)
-from medcl.train.distributed import pick_device  # noqa: F401  (re-exported: older imports)
+from medcl.dist import pick_device  # noqa: F401  (re-exported: older imports)
 from medcl.train.health import KnnProbe, health_metrics
 from medcl.train.optim import build_optimizer, build_scheduler, scaled_lr, warmup_cosine  # noqa: F401
 
@@ -125,15 +125,15 @@ def pretrain(cfg: Config, cohort: Cohort, out_dir: Path, progress: bool = True, 
     continues from ``out_dir/checkpoints/last.pt``; ``run_id`` (the active MLflow run) is stored
     in every checkpoint so that ``medcl pretrain --resume`` can continue the same run.
     """
-    info = distributed.setup(cfg.train.device, cfg.train.ddp_backend)
+    info = dist.setup(cfg.train.device, cfg.train.ddp_backend)
     try:
         return _pretrain(cfg, cohort, Path(out_dir), progress, resume, run_id, info)
     finally:
-        distributed.teardown(info)
+        dist.teardown(info)
 
 
 def _pretrain(cfg: Config, cohort: Cohort, out_dir: Path, progress: bool, resume: bool, run_id: str | None,
-              info: distributed.DistInfo) -> PretrainResult:
+              info: dist.DistInfo) -> PretrainResult:
     from tqdm import tqdm
 
     from medcl.tracking import log_metrics
@@ -156,7 +156,7 @@ def _pretrain(cfg: Config, cohort: Cohort, out_dir: Path, progress: bool, resume
     steps_per_epoch = len(dataset) // global_batch
     total = steps_per_epoch * t.epochs
     if t.sync_bn and info.world > 1:
-        method = distributed.convert_sync_batchnorm(method, device)
+        method = dist.convert_sync_batchnorm(method, device)
 
     ckpt_path = out_dir / "checkpoints" / "last.pt"
     ckpt = None
@@ -225,9 +225,9 @@ def _pretrain(cfg: Config, cohort: Cohort, out_dir: Path, progress: bool, resume
             logs = {"loss": float(out.loss.detach()), **out.logs, **method.on_step_end(step, total),
                     "lr": sched.get_last_lr()[0]}
             if out.z1 is not None:
-                logs.update(health_metrics(distributed.gather_nograd(out.z1), distributed.gather_nograd(out.z2),
+                logs.update(health_metrics(dist.gather_nograd(out.z1), dist.gather_nograd(out.z2),
                                            t.collapse_threshold))
-            logs = distributed.all_reduce_mean(logs, device)
+            logs = dist.all_reduce_mean(logs, device)
             losses.append(logs["loss"])
             if info.main:
                 log_metrics(logs, step)
@@ -254,7 +254,7 @@ def _pretrain(cfg: Config, cohort: Cohort, out_dir: Path, progress: bool, resume
     if info.main:
         save_atomic({k: v.float() if v.is_floating_point() else v for k, v in method.encoder.state_dict().items()},
                     result.encoder_path)
-    distributed.barrier()
+    dist.barrier()
     result.seconds = time.perf_counter() - start
     result.steps = step
     return result
