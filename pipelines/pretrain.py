@@ -12,10 +12,10 @@ import yaml
 from medcl import tracking
 from medcl.config import Config, config_to_dict, flatten
 from medcl.data.cohort import Cohort
+from medcl.dist import is_main_process
 from medcl.tracking.registry import alias_new_version, log_encoder
 from medcl.train import PretrainResult, pretrain
-from medcl.train.checkpoint import read_run_id
-from medcl.dist import is_main_process
+from medcl.train.state import read_run_id
 
 
 def encoder_meta(cfg: Config) -> dict:

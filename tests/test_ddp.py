@@ -32,8 +32,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_resume import tiny_cohort  # noqa: F401  (the session's tiny cohort, built once)
-
 METHODS = ["simclr", "moco", "byol", "barlow_twins", "vicreg", "supcon", "triplet", "margin", "npair"]
 B = 4                      # global pairs per step: 2 per rank
 TINY = ["augment.view_size=16", "model.widen_factor=0.125", "model.proj_hidden=32", "model.proj_dim=16",
