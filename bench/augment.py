@@ -3,11 +3,11 @@ DataLoader, in the same run, on the CPU and (when there is one) on the GPU.
 
 Contenders (all make two views of a scan at ``--view-size``^3 from the same cohort cache):
 
-* ``medcl batched``: :class:`medcl.train.data.BatchedPairs`, the training data path of
+* ``medcl batched``: :class:`medcl.train.batched_pairs.BatchedPairs`, the training data path of
   ``augment.backend: batched``: the cohort held once (host memory on the CPU, GPU memory on a
   GPU), loader workers (``--medcl-workers``) draw the view parameters, the main process applies
   them to the whole batch (:mod:`medcl.augment.batched`) with all its torch threads;
-* ``monai per-sample (medcl params)``: the loop's ``PairDataset`` (``augment.backend: monai``):
+* ``monai per-sample (medcl params)``: the loop's ``ScanPairs`` (``augment.backend: monai``):
   the same parameters applied per sample with MONAI transforms (:func:`medcl.augment.apply_view`)
   in ``DataLoader`` workers, collated into batches;
 * ``monai Compose (Rand*)``: the usual MONAI pipeline: a ``Compose`` of ``RandScaleCrop``,
@@ -44,8 +44,8 @@ from common import ROOT, Timer, cohort_summary, interleaved_medians, machine, sy
 from medcl.augment.params import foreground_box
 from medcl.config import AugmentConfig
 from medcl.data.cohort import Cohort
-from medcl.train.data import BatchedPairs
-from medcl.train.loop import PairDataset
+from medcl.train.batched_pairs import BatchedPairs
+from medcl.train.monai_pairs import ScanPairs
 
 
 class ComposeDataset(Dataset):
@@ -168,7 +168,7 @@ def main() -> None:
         n = max(1, args.medcl_pairs // b)
         add("cpu", "medcl batched", w, lambda pairs=pairs, n=n: rate_batched(pairs, b, n, seed=int(time.time()) % 1000),
             args.view_size, b)
-    monai_ds = PairDataset(cohort, cfg, seed=0)
+    monai_ds = ScanPairs.from_cohort(cohort, cfg, seed=0)
     compose_ds = None if args.no_compose else ComposeDataset(cohort, cfg)
     n = max(1, args.monai_pairs // b)
     for w in [int(v) for v in args.workers.split(",") if v != ""]:
@@ -193,7 +193,7 @@ def main() -> None:
         add("cuda", "medcl batched", 4, lambda: rate_batched(pairs, gb, 20, seed=int(time.time()) % 1000),
             gcfg.view_size, gb)
         w = args.gpu_workers
-        gds = PairDataset(cohort, gcfg, seed=0)
+        gds = ScanPairs.from_cohort(cohort, gcfg, seed=0)
         add("cuda", "monai per-sample (medcl params)", w, lambda: rate_dataloader(gds, gb, 6, w, gpu, 1),
             gcfg.view_size, gb)
         if not args.no_compose:

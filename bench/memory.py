@@ -2,9 +2,9 @@
 (``batched`` with its default thread workers and with worker processes; ``monai``, whose
 workers are processes).
 
-Each configuration runs in a fresh process that does what the loop does (``PairDataset`` over
-the cohort, then batches of view pairs: ``augment.backend: batched`` through the loop's hook
-``medcl.train.data.batched_batches``, ``monai`` through a ``DataLoader``), while this process
+Each configuration runs in a fresh process that does what the loop does (the pair source of
+``augment.backend``, ``medcl.train.data.make_pair_source``: ``batched`` holds the cohort once,
+``monai`` makes views in ``DataLoader`` workers; then batches of view pairs), while this process
 samples the whole process tree (the run and its loader workers) every 0.1 s:
 
 * ``RSS``: the sum of the resident sets. It counts a page once per process that maps it, so
@@ -38,27 +38,26 @@ def child(args) -> None:
     """The measured process: build the data path as the loop does and run ``--batches`` batches."""
     import numpy as np
     import torch
-    from torch.utils.data import DataLoader
 
-    from medcl.config import AugmentConfig
+    from medcl.config import load_config
     from medcl.data.cohort import Cohort
-    from medcl.train.data import batched_batches, epoch_shards
-    from medcl.train.loop import PairDataset
+    from medcl.train.data import make_pair_source
+    from medcl.train.pairs import epoch_batches
+    from medcl.train.store import cache_files, cohort_nbytes
 
     torch.set_num_threads(1)
     cohort = Cohort.load(args.cohort)
-    cfg = AugmentConfig(view_size=args.view_size, backend=args.backend)
-    dataset = PairDataset(cohort, cfg, seed=0)
-    shards = epoch_shards(len(dataset), args.pairs, 0, 0)[:args.batches]
-    if args.backend == "batched":
-        batches = batched_batches(dataset, shards, 0, args.workers, torch.device("cpu"), args.worker_kind)
-    else:
-        batches = DataLoader(dataset, batch_sampler=shards, num_workers=args.workers)
+    cfg = load_config(overrides=[f"augment.view_size={args.view_size}", f"augment.backend={args.backend}",
+                                 f"train.num_workers={args.workers}", f"train.worker_kind={args.worker_kind}"])
+    source = make_pair_source(cohort, cfg, torch.device("cpu"))
+    shards = epoch_batches(len(cohort), args.pairs, 0, 0)[:args.batches]
     n = 0
-    for v1, v2, _ in batches:
+    for v1, v2, _ in source.batches(shards, 0):
         n += v1.shape[0]
-    print(json.dumps({"pairs": n, "cache_mb": sum(a.nbytes for a in dataset.images) / 2**20,
-                      "masks_mb": sum(np.asarray(m).nbytes for m in dataset.masks) / 2**20}))
+    source.close()
+    images, masks = cache_files(cohort)      # sizes from the .npy headers: fp16 images, bool masks
+    print(json.dumps({"pairs": n, "cache_mb": cohort_nbytes(images) / 2**20,
+                      "masks_mb": sum(np.load(f, mmap_mode="r").size for f in masks) / 2**20}))
 
 
 def measure(args, backend: str, workers: int, kind: str) -> dict:

@@ -2,10 +2,10 @@
 three ways in the same run: volumes per second and achieved TFLOP/s.
 
 * ``model only``: the same step on random input already on the device (the ceiling);
-* ``medcl batched``: views made on the device by :class:`medcl.train.data.BatchedPairs`
+* ``medcl batched``: views made on the device by :class:`medcl.train.batched_pairs.BatchedPairs`
   (cohort held once on the GPU, or in pinned memory when it does not fit; loader workers draw
   the view parameters);
-* ``monai per-sample``: the loop's ``PairDataset`` (MONAI transforms per sample) in a standard
+* ``monai per-sample``: the loop's ``ScanPairs`` (MONAI transforms per sample) in a standard
   ``DataLoader`` with ``--monai-workers`` workers, pinned, copied to the device.
 
 On a GPU every contender gets the same model set-up (:mod:`medcl.train.speed`): bf16 autocast,
@@ -40,8 +40,8 @@ from medcl.data.cohort import Cohort
 from medcl.models import ProjectionHead, build_encoder
 from medcl.ssl import build_method
 from medcl.train import speed
-from medcl.train.data import BatchedPairs
-from medcl.train.loop import PairDataset
+from medcl.train.batched_pairs import BatchedPairs
+from medcl.train.monai_pairs import ScanPairs
 
 
 def random_batches(n: int, batch: int, count: int, seed: int) -> list[list[int]]:
@@ -149,7 +149,7 @@ def main() -> None:
                           args.warmup, args.steps))
     pairs.close()
 
-    dataset = PairDataset(cohort, cfg.augment, seed=0)
+    dataset = ScanPairs.from_cohort(cohort, cfg.augment, seed=0)
 
     def monai_batches(sd: int):
         loader = DataLoader(dataset, batch_sampler=random_batches(len(dataset), b, total, sd),

@@ -275,7 +275,6 @@ def _augment_checks(a: AugmentConfig) -> list[tuple[bool, str, str]]:
         (0 <= a.gibbs_alpha[0] <= a.gibbs_alpha[1] < 1, "augment.gibbs_alpha", "must satisfy 0 <= low <= high < 1"),
         (0 <= a.spike_prob <= 1, "augment.spike_prob", "must be in [0, 1]"),
         (0 < a.spike_amplitude[0] <= a.spike_amplitude[1], "augment.spike_amplitude", "must satisfy 0 < low <= high"),
-        (a.backend in ("batched", "monai"), "augment.backend", "must be batched or monai"),
     ]
 
 

@@ -3,7 +3,7 @@
 :func:`medcl.config.load_config` checks types and ranges; the *names* a config may use belong
 to the modules that implement them — methods (:data:`medcl.ssl.METHODS`, each method also
 checking its own settings), encoder architectures (:data:`medcl.models.FEATURE_DIMS`), cache
-placements and loader worker kinds (:mod:`medcl.train.data`), optimisers
+placements and loader worker kinds (:mod:`medcl.train.store`, :mod:`medcl.train.batched_pairs`), optimisers
 (:data:`medcl.train.optim.OPTIMIZERS`), few-shot heads, baselines and label-budget methods
 (:mod:`medcl.fewshot`). This pass sits above all of them, so that ``config`` never imports
 upward and no list of names is written twice. Every command loads its config through
@@ -20,7 +20,9 @@ from medcl.fewshot.budget import METHODS as BUDGET_METHODS
 from medcl.fewshot.heads import HEADS
 from medcl.models import FEATURE_DIMS
 from medcl.ssl import METHODS, method_class
-from medcl.train.data import PLACEMENTS, WORKER_KINDS
+from medcl.train.batched_pairs import WORKER_KINDS
+from medcl.train.data import BACKENDS
+from medcl.train.store import PLACEMENTS
 from medcl.train.optim import OPTIMIZERS
 
 
@@ -40,6 +42,7 @@ def check_names(cfg: Config) -> None:
     raise_failed(cfg, [
         (t.method in METHODS, "train.method", _one_of(METHODS)),
         (cfg.model.arch in FEATURE_DIMS, "model.arch", _one_of(FEATURE_DIMS)),
+        (cfg.augment.backend in BACKENDS, "augment.backend", _one_of(BACKENDS)),
         (cfg.augment.cache in ("auto",) + PLACEMENTS, "augment.cache", _one_of(("auto",) + PLACEMENTS)),
         (t.worker_kind in WORKER_KINDS, "train.worker_kind", _one_of(WORKER_KINDS)),
         (t.optimizer in OPTIMIZERS, "train.optimizer", _one_of(OPTIMIZERS)),

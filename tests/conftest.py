@@ -218,3 +218,18 @@ def use_mlflow(uri: str):
     finally:
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
+
+
+# --- a tiny real cohort for the training tests (test_resume.py, test_ddp.py, test_train_state.py) ---
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory) -> Path:
+    """6 simulated subjects at 6 mm, ingested once per session."""
+    from medcl.config import DataConfig
+    from medcl.data.demo import make_demo_sources
+    from medcl.data.ingest import ingest
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    src = make_demo_sources(tmp / "src", 6, 0, 6.0)
+    ingest([src.nifti_dir], tmp / "cohort", DataConfig(spacing=6.0), labels_csv=src.labels_csv, progress=False)
+    return tmp / "cohort"

@@ -27,8 +27,9 @@ from monai.transforms.utils import create_rotate, create_shear
 from scipy.ndimage import maximum_filter, minimum_filter
 
 from medcl.augment import apply_view, crop_iou, foreground_fraction, sample_pair
-from medcl.augment.batched import (apply_pairs, apply_views, intensity_views, resample_views, rotation_matrices,
-                                   sampling_grid, shear_matrices)
+from medcl.augment.batched import (apply_pairs, apply_views, resample_views, rotation_matrices, sampling_grid,
+                                   shear_matrices)
+from medcl.augment.intensity import draw_noise, intensity_views
 from medcl.augment.params import N_BIAS, ViewParams
 from medcl.augment.views import intensity_view, resample_view
 from medcl.config import AugmentConfig
@@ -87,8 +88,6 @@ def test_intensity_steps_are_monais(mni_scan):
 
 
 def test_noise_draws_are_the_monai_paths_in_any_number_of_threads(mni_scan):
-    from medcl.augment.batched import draw_noise
-
     params = [p for p in _flat(_pairs(mni_scan.mask, ALL_ON, 5, seed=4))]
     params[3] = dataclasses.replace(params[3], noise_std=0.0)
     one, rows = draw_noise(params, 24, threads=1)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from medcl.config import config_to_dict, load_config
-from medcl.train.checkpoint import (FORMAT, CheckpointError, config_mismatch, load_checkpoint, rng_state, save_atomic,
-                                    set_rng_state)
+from medcl.train.checkpoint import CheckpointError, config_mismatch, save_atomic
+from medcl.train.state import FORMAT, load_checkpoint, rng_state, set_rng_state
 
 
 def _minimal(**extra) -> dict:

@@ -9,9 +9,11 @@ from medcl.augment import sample_pair
 from medcl.config import AugmentConfig, load_config
 from medcl.data.cohort import Cohort
 from medcl.data.ingest import write_manifest
-from medcl.train.data import (BatchedPairs, PairJobs, VolumeStore, batched_batches, cache_files, choose_placement,
-                              epoch_shards)
-from medcl.train.loop import PairDataset
+from medcl.train.batched_pairs import BatchedPairs, ParamDrawer
+from medcl.train.data import make_pair_source
+from medcl.train.monai_pairs import MonaiPairs
+from medcl.train.pairs import epoch_batches, load_scans, rank_shards
+from medcl.train.store import VolumeStore, cache_files, choose_placement
 
 CFG = AugmentConfig(view_size=16)
 
@@ -72,14 +74,14 @@ def test_store_holds_the_cache_exactly_once(cohort):
 def test_same_parameters_as_the_monai_path(cohort):
     """Per (seed, epoch, scan) both backends draw the same view parameters."""
     pairs = BatchedPairs.from_cohort(cohort, CFG, seed=3)
-    shards = epoch_shards(len(cohort), 4, seed=3, epoch=2)
+    shards = epoch_batches(len(cohort), 4, seed=3, epoch=2)
     for *_, job in _run(pairs, shards, epoch=2):
         for i, pair in zip(job.indices, job.pairs):
             assert pair == sample_pair(np.random.default_rng([3, 2, i]), cohort.mask(i), CFG)
 
 
 def test_every_placement_and_worker_count_gives_the_same_views(cohort):
-    shards = epoch_shards(len(cohort), 4, seed=0, epoch=1)
+    shards = epoch_batches(len(cohort), 4, seed=0, epoch=1)
     ref = _run(BatchedPairs.from_cohort(cohort, CFG, placement="host"), shards, epoch=1)
     for placement, workers, kind in (("stream", 0, "thread"), ("host", 2, "thread"), ("stream", 2, "thread"),
                                      ("host", 2, "process"), ("stream", 2, "process")):
@@ -95,7 +97,7 @@ def test_every_placement_and_worker_count_gives_the_same_views(cohort):
 
 def test_views_labels_and_epochs(cohort):
     pairs = BatchedPairs.from_cohort(cohort, CFG, seed=0)
-    shards = epoch_shards(len(cohort), 4, seed=0, epoch=0)
+    shards = epoch_batches(len(cohort), 4, seed=0, epoch=0)
     (v1, v2, y, job), _ = _run(pairs, shards, epoch=0)
     assert v1.shape == v2.shape == (4, 1, 16, 16, 16) and not torch.allclose(v1, v2)
     names = ["a", "b"]
@@ -107,9 +109,9 @@ def test_views_labels_and_epochs(cohort):
 def test_workers_read_masks_not_images(cohort):
     """What a worker returns: parameters, and only in stream mode the crop regions (fp16)."""
     images, masks = cache_files(cohort)
-    resident = PairJobs(CFG, 0, mask_files=masks)[(0, [0, 1])]
+    resident = ParamDrawer(CFG, 0, mask_files=masks)[(0, [0, 1])]
     assert resident.regions is None and len(resident.pairs) == 2
-    streamed = PairJobs(CFG, 0, mask_files=masks, image_files=images)[(0, [0, 1])]
+    streamed = ParamDrawer(CFG, 0, mask_files=masks, image_files=images)[(0, [0, 1])]
     for region, origin, pair in zip(streamed.regions, streamed.origins, streamed.pairs):
         assert region.dtype == torch.float16
         for p in pair:   # the region holds both crops and no more
@@ -118,18 +120,45 @@ def test_workers_read_masks_not_images(cohort):
         assert region.numel() < np.load(images[streamed.indices[0]], mmap_mode="r").size * 1.01
 
 
-def test_loop_hook_holds_the_cohort_once(cohort):
-    """The loop's PairDataset through the batched backend: views from one store, and the
-    dataset's arrays become views of that store (no second copy in host memory)."""
+def test_loop_source_holds_the_cohort_once(cohort):
+    """The loop's batched source: views from one store, into which the scans read by
+    load_scans were moved (each array becomes a view of the store: no second copy)."""
     cfg = load_config(overrides=["augment.view_size=16"])
-    dataset = PairDataset(cohort, cfg.augment, seed=0)
-    shards = epoch_shards(len(dataset), 4, seed=0, epoch=0)
-    out = list(batched_batches(dataset, shards, 0, 0, torch.device("cpu")))
-    store = dataset._batched_pairs.store
+    images, masks = load_scans(cohort)
+    pairs = BatchedPairs.from_arrays(images, masks, cohort.label_ids(), cfg.augment, seed=0)
+    shards = epoch_batches(len(cohort), 4, seed=0, epoch=0)
+    out = list(pairs.batches(shards, 0))
     assert len(out) == 2 and out[0][0].shape == (4, 1, 16, 16, 16)
-    assert all(np.shares_memory(a, store.flat.numpy()) for a in dataset.images)
-    again = list(batched_batches(dataset, shards, 0, 0, torch.device("cpu")))
-    assert dataset._batched_pairs.store is store and torch.equal(out[0][0], again[0][0])
+    assert all(np.shares_memory(a, pairs.store.flat.numpy()) for a in images)
+    again = list(pairs.batches(shards, 0))
+    assert torch.equal(out[0][0], again[0][0])
+    loop = make_pair_source(cohort, cfg, torch.device("cpu"))     # what the loop builds: the same views
+    assert isinstance(loop, BatchedPairs) and loop.placement == "host"
+    for (a1, a2, ay), (b1, b2, by) in zip(out, loop.batches(shards, 0)):
+        assert torch.equal(a1, b1) and torch.equal(a2, b2) and torch.equal(ay, by)
+    loop.close()
+
+
+def test_monai_source_same_labels_and_parameters(cohort):
+    """augment.backend=monai: per-sample MONAI views, the same label ids and, per (seed, epoch,
+    scan), views within float rounding of the batched source's (the same parameters)."""
+    cfg = load_config(overrides=["augment.view_size=16", "augment.backend=monai", "train.num_workers=0"])
+    source = make_pair_source(cohort, cfg, torch.device("cpu"))
+    assert isinstance(source, MonaiPairs)
+    shards = epoch_batches(len(cohort), 4, seed=0, epoch=1)
+    batched = BatchedPairs.from_cohort(cohort, cfg.augment, seed=0)
+    for (m1, m2, my), (b1, b2, by) in zip(source.batches(shards, 1), batched.batches(shards, 1)):
+        assert m1.shape == b1.shape == (4, 1, 16, 16, 16) and m1.dtype == torch.float32
+        assert my.tolist() == by.tolist() == [cohort.label_ids()[i] for i in batched.history.indices]
+        assert float((m1 - b1).abs().mean()) < 0.05 and float((m2 - b2).abs().mean()) < 0.05
+
+
+def test_label_ids_and_rank_shards(cohort):
+    assert cohort.label_ids() == [{"a": 0, "b": 1, "": -1}[r["label"]] for r in cohort.rows]
+    batches = epoch_batches(8, 4, seed=0, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(8))
+    halves = [rank_shards(batches, r, 2) for r in (0, 1)]
+    assert [a + b for a, b in zip(*halves)] == batches      # gathered in rank order: the global batch
 
 
 def test_thread_workers_start_no_process_and_keep_order(cohort):

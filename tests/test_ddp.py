@@ -5,7 +5,7 @@ backend, CPU. This file is both the test and, run by torchrun with ``--worker``,
 
 Encoder and heads: the real ones (MONAI resnet10 at widen_factor 0.125 on 16^3 views, the
 projection and prediction heads), all with batch norm, run with ``train.sync_bn=true``: every
-batch norm becomes :class:`medcl.train.distributed.SyncBatchNorm`, whose statistics are those of
+batch norm becomes :class:`medcl.dist.SyncBatchNorm`, whose statistics are those of
 both processes' samples, so each layer sees the same global batch as the one-process reference
 (which uses plain ``nn.BatchNorm``). Without sync_bn the two runs would differ by design.
 
@@ -31,8 +31,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from test_resume import tiny_cohort  # noqa: F401  (the session's tiny cohort, built once)
 
 METHODS = ["simclr", "moco", "byol", "barlow_twins", "vicreg", "supcon", "triplet", "margin", "npair"]
 B = 4                      # global pairs per step: 2 per rank
@@ -68,7 +66,7 @@ def run_method(name: str, rank: int = 0, world: int = 1) -> list[tuple[float, di
 
 def _run_method(name: str, rank: int, world: int) -> list[tuple[float, dict[str, torch.Tensor]]]:
     from medcl.ssl import build_method
-    from medcl.train import distributed
+    from medcl import dist
     from medcl.train.optim import build_optimizer
 
     cfg = _config(name)
@@ -76,7 +74,7 @@ def _run_method(name: str, rank: int, world: int) -> list[tuple[float, dict[str,
     method = build_method(cfg)
     model = method
     if world > 1:
-        method = distributed.convert_sync_batchnorm(method, torch.device("cpu"))
+        method = dist.convert_sync_batchnorm(method, torch.device("cpu"))
         model = torch.nn.parallel.DistributedDataParallel(method)
     opt = build_optimizer(method, cfg.train, cfg.train.lr)
     per = B // world
@@ -86,7 +84,7 @@ def _run_method(name: str, rank: int, world: int) -> list[tuple[float, dict[str,
         res = model(v1, v2, y)
         opt.zero_grad(set_to_none=True)
         res.loss.backward()
-        loss = distributed.all_reduce_mean({"loss": float(res.loss.detach())})["loss"]
+        loss = dist.all_reduce_mean({"loss": float(res.loss.detach())})["loss"]
         out.append((loss, {n: p.grad.detach().clone() for n, p in method.named_parameters() if p.grad is not None}))
         opt.step()
         method.on_step_end(step, 10)
@@ -96,10 +94,10 @@ def _run_method(name: str, rank: int, world: int) -> list[tuple[float, dict[str,
 def worker(out_dir: Path, cohort_dir: Path) -> None:
     from medcl import tracking
     from medcl.config import load_config
-    from medcl.train import distributed
+    from medcl import dist
     from medcl.pipelines.pretrain import run_pretrain
 
-    info = distributed.setup("cpu", "gloo")
+    info = dist.setup("cpu", "gloo")
     results = {name: run_method(name, info.rank, info.world) for name in METHODS}
     if info.main:
         torch.save(results, out_dir / "ddp_results.pt")
@@ -107,7 +105,7 @@ def worker(out_dir: Path, cohort_dir: Path) -> None:
                        progress=False, register=False)
     if info.main:
         (out_dir / "run_id.txt").write_text(str(out.run_id))
-    distributed.teardown(info)
+    dist.teardown(info)
 
 
 @pytest.fixture(scope="module")

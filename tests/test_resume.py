@@ -10,7 +10,7 @@
 
 MoCo is the method: it has the most state to carry (momentum encoder and EMA schedule, queue,
 learned temperature, AdamW moments, warmup + cosine schedule). The crash point comes from the
-crash-test hook ``MEDCL_DEBUG_PAUSE`` (medcl.train.checkpoint.debug_pause): the process
+crash-test hook ``MEDCL_DEBUG_PAUSE`` (medcl.train.callbacks.debug_pause): the process
 announces that it reached the step, then the test kills it with SIGKILL.
 """
 
@@ -65,19 +65,6 @@ def _run_until_paused(cmd: list[str], pause: str, marker_dir: Path, timeout: flo
     assert proc.returncode == -signal.SIGKILL
 
 
-@pytest.fixture(scope="session")
-def tiny_cohort(tmp_path_factory) -> Path:
-    """6 simulated subjects at 6 mm, ingested (also used by test_ddp.py)."""
-    from medcl.config import DataConfig
-    from medcl.data.demo import make_demo_sources
-    from medcl.data.ingest import ingest
-
-    tmp = tmp_path_factory.mktemp("tiny")
-    src = make_demo_sources(tmp / "src", 6, 0, 6.0)
-    ingest([src.nifti_dir], tmp / "cohort", DataConfig(spacing=6.0), labels_csv=src.labels_csv, progress=False)
-    return tmp / "cohort"
-
-
 def _pretrain_here(cohort: Path, out: Path, resume: bool = False):
     """The loop in this process (no MLflow run), restoring the thread count it changes."""
     from medcl.config import load_config
@@ -117,7 +104,7 @@ def _assert_bit_identical(out: Path, reference, context: str) -> None:
 def test_kill_at_a_random_step_then_resume_is_bit_identical(tiny_cohort, reference, tmp_path):
     import mlflow
 
-    from medcl.train.checkpoint import load_checkpoint
+    from medcl.train.state import load_checkpoint
 
     step = random.SystemRandom().randint(3, STEPS - 1)      # after the first checkpoint (step 2)
     context = f"killed after step {step}"
@@ -139,7 +126,8 @@ def test_kill_at_a_random_step_then_resume_is_bit_identical(tiny_cohort, referen
 
 
 def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tiny_cohort, reference, tmp_path):
-    from medcl.train.checkpoint import CheckpointError, load_checkpoint
+    from medcl.train.checkpoint import CheckpointError
+    from medcl.train.state import load_checkpoint
 
     code = ("import sys; from pathlib import Path; from medcl.config import load_config; "
             "from medcl.data.cohort import Cohort; from medcl.train import pretrain; "

@@ -173,7 +173,7 @@ def test_knn_probe_on_separable_classes_and_subject_exclusion():
 
 
 def test_sync_batchnorm_without_a_process_group_is_batchnorm():
-    from medcl.train.distributed import SyncBatchNorm, convert_sync_batchnorm
+    from medcl.dist import SyncBatchNorm, convert_sync_batchnorm
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3), torch.nn.BatchNorm3d(4), torch.nn.Flatten(),

@@ -23,15 +23,11 @@ per axis: a batched matrix product and a clamp. The result equals MONAI's wherev
 interpolation is exact (a linear image; tested) and is otherwise one interpolation where MONAI
 does two (slightly sharper); ``tests/test_batched_views.py`` bounds the difference.
 
-Intensities: the same formulas as the MONAI path, per view, on ``(V, S^3)`` tensors. Noise is
-drawn from a generator seeded with ``noise_seed``: on the CPU the very numbers of the MONAI path
-(``torch.Generator``, same shape); on CUDA a CUDA generator with the same seed (reproducible and
-identically distributed, but other numbers: CUDA and CPU generators differ).
+Intensities: :func:`medcl.augment.intensity.intensity_views`, on the resampled views.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
@@ -39,13 +35,10 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.networks.layers.convutils import gaussian_1d
 
-from medcl.augment.params import N_BIAS, ViewParams
-
-GAMMA_EPS = 1e-7      # monai.transforms.AdjustContrast
-BLUR_TRUNCATED = 4.0  # monai.networks.layers.GaussianFilter defaults (GaussianSmooth)
-BLUR_APPROX = "erf"
+from medcl.augment import _cpu
+from medcl.augment.intensity import intensity_views
+from medcl.augment.params import ViewParams, union_box
 
 
 # --------------------------------------------------------------------------- matrices
@@ -148,12 +141,6 @@ def sampling_grid(params: Sequence[ViewParams], view_size: int, region_size: Seq
 
 # --------------------------------------------------------------------------- crops
 
-def _union_box(group: Sequence[ViewParams]) -> tuple[list[int], list[int]]:
-    start = [min(p.crop_start[a] for p in group) for a in range(3)]
-    end = [max(p.crop_start[a] + p.crop_size[a] for p in group) for a in range(3)]
-    return start, [e - s0 for s0, e in zip(start, end)]
-
-
 def _check_inside(b: int, src: torch.Tensor, start, n, o) -> list[int]:
     rel = [start[a] - o[a] for a in range(3)]
     if min(rel) < 0 or any(rel[a] + n[a] > src.shape[a] for a in range(3)):
@@ -189,7 +176,7 @@ def gather_regions(sources: Sequence[torch.Tensor], groups: Sequence[Sequence[Vi
     ever touched (with weight 0); that layer is zeroed, the rest of the padding is left as is.
     """
     device = torch.device(device)
-    boxes = [_union_box(g) for g in groups]
+    boxes = [union_box(g) for g in groups]
     pad = [max(b[1][a] for b in boxes) + 1 for a in range(3)]
     buf = _buffer((len(groups), 1, *pad), sources, device)
     for b, (src, (start, n)) in enumerate(zip(sources, boxes)):
@@ -217,15 +204,14 @@ def resize_crops(sources: Sequence[torch.Tensor], params: Sequence[ViewParams], 
     for v, (src, p) in enumerate(zip(sources, params)):
         rel = _check_inside(v, src, p.crop_start, p.crop_size, (0, 0, 0) if origins is None else origins[v])
         crops.append(src[tuple(slice(r, r + n) for r, n in zip(rel, p.crop_size))])
-    kernels = _cpu_kernels() if device.type == "cpu" and all(c.device.type == "cpu" for c in crops) else None
-    if kernels is not None:     # every view's resize at once, in parallel
-        kernels.set_threads(torch.get_num_threads())
+    if device.type == "cpu" and all(c.device.type == "cpu" for c in crops):   # every view's resize at once
+        _cpu.set_threads(torch.get_num_threads())
         first = crops[0]
         if first.dtype in (torch.float16, torch.float32) and all(
                 c.dtype == first.dtype and c.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
                 for c in crops):         # crops of one store (the cohort held once): read in place
             store = torch.empty(0, dtype=crops[0].dtype).set_(crops[0].untyped_storage())
-            kernels.resize_trilinear(store.numpy(), [c.storage_offset() for c in crops], [c.stride() for c in crops],
+            _cpu.resize_trilinear(store.numpy(), [c.storage_offset() for c in crops], [c.stride() for c in crops],
                                      [c.shape for c in crops], out.numpy())
             return out
         sizes = [c.numel() for c in crops]      # else the crops as float32 in one buffer first
@@ -233,28 +219,13 @@ def resize_crops(sources: Sequence[torch.Tensor], params: Sequence[ViewParams], 
         buf = torch.empty(sum(sizes), dtype=torch.float32)
         for c, o, n in zip(crops, offsets.tolist(), sizes):
             buf[o:o + n].view(c.shape).copy_(c)
-        kernels.resize_trilinear(buf.numpy(), offsets, [(c.shape[1] * c.shape[2], c.shape[2], 1) for c in crops],
+        _cpu.resize_trilinear(buf.numpy(), offsets, [(c.shape[1] * c.shape[2], c.shape[2], 1) for c in crops],
                                  [c.shape for c in crops], out.numpy())
         return out
     for v, crop in enumerate(crops):
         crop = crop.to(device, non_blocking=True).float()
         out[v] = F.interpolate(crop[None, None], size=(s, s, s), mode="trilinear", align_corners=False)[0, 0]
     return out
-
-
-def _cpu_kernels():
-    """The numba module of the CPU path, or None when numba is not installed."""
-    try:
-        from medcl.augment import _cpu
-    except ImportError:  # pragma: no cover - numba is a dependency; without it torch does the work
-        return None
-    return _cpu
-
-
-def _affine_numba():
-    """The CPU kernel of the affine stage (numba), or None when numba is not installed."""
-    kernels = _cpu_kernels()
-    return None if kernels is None else kernels.affine_trilinear
 
 
 def _sample_3d(volumes: torch.Tensor, maps: VoxelMaps, view_size: int) -> torch.Tensor:
@@ -286,7 +257,7 @@ def _resample_two_stage(sources, groups, view_size, device, origins, sampler: st
     if idx:
         sub = [params[i] for i in idx]
         mats = view_matrices(sub)
-        kernel = _affine_numba() if sampler == "numba" and x.device.type == "cpu" else None
+        kernel = _cpu.affine_trilinear if sampler == "numba" and x.device.type == "cpu" else None
         part = x if len(idx) == len(params) else x[idx]
         if kernel is not None:
             out = torch.empty_like(part)
@@ -344,221 +315,6 @@ def resample_views(sources: Sequence[torch.Tensor], groups: Sequence[Sequence[Vi
     raise ValueError(f"resample_views: method must be auto, composed, two-stage or two-stage-3d, got {method!r}")
 
 
-# --------------------------------------------------------------------------- intensities
-
-@lru_cache(maxsize=8)
-def _bias_basis(view_size: int, device: str) -> torch.Tensor:
-    """(N_BIAS, S^3): the polynomial basis of ``views.bias_field``, each row minus its mean
-    (``exp(L - mean L)`` with ``L = c . basis`` is ``exp(c . (basis - mean basis))``)."""
-    x, y, z = torch.meshgrid(*[torch.linspace(-1, 1, view_size)] * 3, indexing="ij")
-    basis = torch.stack([torch.ones_like(x), x, y, z, x * x, y * y, z * z, x * y, x * z, y * z]).reshape(N_BIAS, -1)
-    return (basis - basis.mean(1, keepdim=True)).to(device)
-
-
-@lru_cache(maxsize=64)
-def _gauss(sigma: float) -> torch.Tensor:
-    return gaussian_1d(torch.tensor(sigma, dtype=torch.float32), truncated=BLUR_TRUNCATED, approx=BLUR_APPROX)
-
-
-def _shift_sum(x: torch.Tensor, w: torch.Tensor, axis: int) -> torch.Tensor:
-    """Zero-padded correlation of (V, S, S, S) with one 1-D kernel per view (``w``: (V, K)) along
-    ``axis`` (1, 2 or 3), as K multiply-adds of shifted copies: elementwise, so every view's
-    numbers are the same whatever else is in the batch."""
-    v, k = w.shape
-    p = (k - 1) // 2
-    pad = [0, 0] * 3
-    pad[2 * (3 - axis)] = pad[2 * (3 - axis) + 1] = p
-    xp = F.pad(x, pad)
-    n = x.shape[axis]
-    shape = (v, 1, 1, 1)
-    y = xp.narrow(axis, 0, n) * w[:, 0].view(shape)
-    for j in range(1, k):
-        y.addcmul_(xp.narrow(axis, j, n), w[:, j].view(shape))
-    return y
-
-
-def gaussian_blur(x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
-    """(V, S, S, S) -> blurred, one isotropic sigma per view: MONAI's ``GaussianSmooth``
-    (its erf kernels truncated at 4 sigma, zero padding, axes 0, 1, 2 in turn); the shorter
-    kernels are zero-padded to the longest."""
-    kernels = [_gauss(float(s)) for s in sigmas]
-    k = max(len(t) for t in kernels)
-    w = torch.zeros(len(kernels), k, dtype=x.dtype)
-    for i, t in enumerate(kernels):
-        pad = (k - len(t)) // 2
-        w[i, pad:pad + len(t)] = t
-    w = w.to(x.device)
-    for axis in (1, 2, 3):
-        x = _shift_sum(x, w, axis)
-    return x
-
-
-@lru_cache(maxsize=4)
-def _kspace_radius(view_size: int, device: str) -> torch.Tensor:
-    """Distance of every (ifftshift-ed) k-space voxel from MONAI GibbsNoise's centre."""
-    c = (view_size - 1) / 2
-    r = torch.arange(view_size, dtype=torch.float64) - c
-    d = torch.sqrt(r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2)
-    return torch.fft.ifftshift(d).to(device)
-
-
-def gibbs(x: torch.Tensor, alphas: Sequence[float]) -> torch.Tensor:
-    """(V, S, S, S): MONAI ``GibbsNoise(alpha)`` per view: keep the k-space ball of radius
-    ``(1 - alpha) * S * sqrt(2) / 2`` about the centre of the shifted spectrum, take the real part.
-    The ball is moved to the unshifted spectrum instead of shifting the data (same result)."""
-    s = x.shape[-1]
-    radius = torch.tensor([(1 - a) * s * math.sqrt(2) / 2 for a in alphas], dtype=torch.float64, device=x.device)
-    keep = _kspace_radius(s, str(x.device))[None] <= radius[:, None, None, None]
-    k = torch.fft.fftn(x, dim=(-3, -2, -1)) * keep
-    return torch.fft.ifftn(k, dim=(-3, -2, -1)).real.to(x.dtype)
-
-
-def kspace_spike(x: torch.Tensor, locs: Sequence[Sequence[int]], log_intensity: Sequence[float]) -> torch.Tensor:
-    """(V, S, S, S): MONAI ``KSpaceSpikeNoise(loc, k_intensity)`` per view, in closed form.
-
-    MONAI sets the log-magnitude of one voxel of the shifted spectrum to ``k_intensity`` and
-    keeps its phase. Only that coefficient ``K`` changes, to ``K' = exp(k_intensity) K / |K|``,
-    so the image gains ``Re((K' - K) e^{2 pi i u.n / S}) / S^3`` (inverse DFT of a delta), where
-    ``u`` is the unshifted index. ``K`` itself is one separable sum: no FFT needed.
-    """
-    s = x.shape[-1]
-    n = torch.arange(s, dtype=torch.float64, device=x.device)
-    u = (torch.tensor(locs, dtype=torch.float64, device=x.device) - s // 2) % s          # (V, 3)
-    phase = 2 * math.pi * u[:, :, None] * n[None, None, :] / s                             # (V, 3, S)
-    e = torch.polar(torch.ones_like(phase), -phase).to(torch.complex64)                   # e^{-2 pi i u n / S}
-    k = torch.einsum("vdhw,vd,vh,vw->v", x.to(torch.complex64), e[:, 0], e[:, 1], e[:, 2])
-    mag = torch.tensor(log_intensity, dtype=torch.float64, device=x.device).exp()
-    unit = torch.where(k.abs() > 0, k / k.abs().clamp_min(1e-30), torch.ones_like(k))
-    delta = (mag.to(torch.complex64) * unit - k) / s ** 3                                 # (V,)
-    wave = torch.einsum("vd,vh,vw->vdhw", e[:, 0].conj() * delta[:, None], e[:, 1].conj(), e[:, 2].conj())
-    return x + wave.real.to(x.dtype)
-
-
-def _col(values, device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32).to(device, non_blocking=True)[:, None]
-
-
-def _where(flags: Sequence[bool]) -> list[int]:
-    return [i for i, f in enumerate(flags) if f]
-
-
-def _kspace_artefacts(x: torch.Tensor, params: Sequence[ViewParams]) -> None:
-    """In place: the spike, then Gibbs ringing, of the views that have them. One view at a time:
-    batched FFTs and contractions may round differently with the batch's size, and a view must
-    not depend on the rest of its batch (DDP)."""
-    for i in _where([p.spike_intensity != 0 for p in params]):
-        x[i:i + 1] = kspace_spike(x[i:i + 1], [params[i].spike_loc], [params[i].spike_intensity])
-    for i in _where([p.gibbs_alpha > 0 for p in params]):
-        x[i:i + 1] = gibbs(x[i:i + 1], [params[i].gibbs_alpha])
-
-
-def draw_noise(params: Sequence[ViewParams], view_size: int, threads: int = 1) -> tuple[torch.Tensor, list[int]]:
-    """(rows, S, S, S) standard normal noise of the views with ``noise_std > 0`` and, per view, its
-    row (-1: none): each from a CPU generator seeded with the view's ``noise_seed``, the numbers
-    of the MONAI path. A generator is sequential, so views are drawn in ``threads`` threads."""
-    idx = _where([p.noise_std > 0 for p in params])
-    noise = torch.empty((len(idx), view_size, view_size, view_size), dtype=torch.float32)
-
-    def draw(j: int) -> None:
-        gen = torch.Generator().manual_seed(params[idx[j]].noise_seed)
-        torch.randn((1, view_size, view_size, view_size), generator=gen, out=noise[j:j + 1])
-
-    if threads > 1 and len(idx) > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(min(threads, len(idx))) as pool:
-            list(pool.map(draw, range(len(idx))))
-    else:
-        for j in range(len(idx)):
-            draw(j)
-    rows = [-1] * len(params)
-    for j, i in enumerate(idx):
-        rows[i] = j
-    return noise, rows
-
-
-def _intensity_numba(x: torch.Tensor, params: Sequence[ViewParams], kernels) -> torch.Tensor:
-    """:func:`intensity_views` on a CPU with the fused kernels of :mod:`medcl.augment._cpu`."""
-    v, s = x.shape[0], x.shape[-1]
-    flat = x.view(v, -1).numpy()
-    threads = torch.get_num_threads()
-    kernels.set_threads(threads)
-    gamma = [p.gamma != 1.0 for p in params]
-    rho = kernels.minmax(flat, gamma, GAMMA_EPS)  # AdjustContrast: / (rho + eps) here, then ** gamma,
-    for i in _where(gamma):                       # with torch's vectorised pow, then * rho below
-        x[i].pow_(params[i].gamma)
-    kernels.contrast_bias(flat, [p.contrast for p in params], [p.bias for p in params],
-                          np.where(gamma, rho, np.float32(1.0)))
-    _kspace_artefacts(x, params)
-    noise, rows = draw_noise(params, s, threads)
-    blurs = [_gauss(float(p.blur_sigma)).numpy() if p.blur_sigma > 0 else np.zeros(0, np.float32) for p in params]
-    weights = np.zeros((v, max([len(b) for b in blurs] + [1])), np.float32)
-    for i, b in enumerate(blurs):
-        weights[i, :len(b)] = b
-    kernels.intensity_tail(flat, noise.view(len(noise), -1).numpy(), rows, [p.noise_std for p in params],
-                           weights, [len(b) for b in blurs])
-    return x
-
-
-def intensity_views(x: torch.Tensor, params: Sequence[ViewParams], fused: bool = True) -> torch.Tensor:
-    """(V, S, S, S) resampled views -> the MONAI path's intensity steps in its order, in place:
-    [0, 1] min-max, gamma, contrast, bias field, spike, Gibbs, noise, blur, z-score.
-    A step that MONAI skips for a view (gamma 1, no bias ...) is skipped for that view.
-    On a CPU (``fused``, with numba) the steps run as a few fused passes per view
-    (:mod:`medcl.augment._cpu`); elsewhere as torch operations on the whole batch."""
-    if fused and x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous():
-        kernels = _cpu_kernels()
-        if kernels is not None:
-            return _intensity_numba(x, params, kernels)
-    v, s = x.shape[0], x.shape[-1]
-    dev = x.device
-    flat = x.view(v, -1)
-    lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
-    d = (hi - lo).clamp_min(1e-6)
-    flat.sub_(lo).div_(d)
-    # AdjustContrast(gamma): ((x - min) / (range + eps)) ** gamma * range + min, where the min is
-    # now 0 and the range rho = (hi - lo) / d is 1 unless the view is flat
-    rho = (hi - lo) / d
-    idx = _where([p.gamma != 1.0 for p in params])
-    if idx and dev.type == "cpu":   # one view at a time: a scalar exponent is the fast pow on the CPU
-        for i, r in zip(idx, rho[idx].view(-1).tolist()):
-            flat[i].div_(r + GAMMA_EPS).pow_(params[i].gamma).mul_(r)
-    elif idx:                       # on a GPU: one kernel each, and no device-to-host sync
-        g = _col([params[i].gamma for i in idx], dev)
-        ix = torch.tensor(idx, device=dev)
-        r = rho[ix]
-        flat[ix] = flat[ix].div_(r + GAMMA_EPS).pow_(g).mul_(r)
-    con = [p.contrast != 1.0 for p in params]
-    if any(con):
-        c = _col([p.contrast if f else 1.0 for p, f in zip(params, con)], dev)
-        m = flat.mean(1, keepdim=True)
-        flat.mul_(c).add_(m * (1 - c))          # (x - m) c + m
-    if any(any(p.bias) for p in params):        # coefficients 0 give the field 1
-        # term by term (as views.bias_field sums them), not as one matrix product: a BLAS
-        # product's rounding depends on the batch's size, and a view must not
-        coefs = torch.tensor([p.bias for p in params], dtype=torch.float32).to(dev, non_blocking=True)
-        basis = _bias_basis(s, str(dev))
-        log_field = basis[0] * coefs[:, :1]
-        for k in range(1, N_BIAS):
-            log_field.addcmul_(basis[k], coefs[:, k:k + 1])
-        flat.mul_(log_field.exp_())
-    _kspace_artefacts(x, params)
-    if any(p.noise_std > 0 for p in params):
-        gen = torch.Generator(device=dev)
-        for i, p in enumerate(params):
-            if p.noise_std > 0:
-                gen.manual_seed(p.noise_seed)
-                flat[i].add_(torch.randn((1, s, s, s), generator=gen, device=dev).view(-1), alpha=p.noise_std)
-    idx = _where([p.blur_sigma > 0 for p in params])
-    if idx:
-        x[idx] = gaussian_blur(x[idx], [params[i].blur_sigma for i in idx])
-    n = flat.shape[1]
-    mean = flat.mean(1, keepdim=True)
-    var = (torch.linalg.vector_norm(flat, dim=1, keepdim=True) ** 2 - n * mean ** 2) / (n - 1)
-    flat.sub_(mean).div_(var.clamp_min(0).sqrt().clamp_min(1e-6))
-    return x
-
-
 # --------------------------------------------------------------------------- the batch
 
 def apply_views(sources: Sequence[torch.Tensor], groups: Sequence[Sequence[ViewParams]], view_size: int,
@@ -587,8 +343,3 @@ def apply_pairs(sources: Sequence[torch.Tensor], pairs: Sequence[tuple[ViewParam
     views = apply_views(sources, pairs, view_size, device, origins, memory_format, method)
     v = views.view(len(pairs), 2, *views.shape[1:])
     return v[:, 0], v[:, 1]
-
-
-def as_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """A scan as a 3-D tensor without copying when it already is one."""
-    return image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))

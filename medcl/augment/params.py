@@ -26,6 +26,7 @@ artefacts of MRI acquisition, Gibbs ringing (``augment.gibbs_prob``) and a spike
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -81,6 +82,14 @@ def crop_iou(a: ViewParams, b: ViewParams) -> float:
     inter = np.prod(np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0, None))
     union = np.prod(a.crop_size) + np.prod(b.crop_size) - inter
     return float(inter / union)
+
+
+def union_box(views: Sequence[ViewParams]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(start, size) of the smallest box that holds the crops of all ``views`` (the region of a
+    scan that the views of one sample are cut from)."""
+    start = tuple(min(p.crop_start[a] for p in views) for a in range(3))
+    end = tuple(max(p.crop_start[a] + p.crop_size[a] for p in views) for a in range(3))
+    return start, tuple(e - s for s, e in zip(start, end))
 
 
 def foreground_fraction(mask: np.ndarray, p: ViewParams) -> float:

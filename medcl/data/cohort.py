@@ -42,6 +42,13 @@ class Cohort:
     def labels(self) -> np.ndarray:
         return np.array([r["label"] for r in self.rows])
 
+    def label_ids(self) -> list[int]:
+        """Each scan's label as an integer class id: the non-empty labels, sorted, are 0, 1, ...;
+        an unlabelled scan is -1. One mapping for every training data path, so a label's id
+        does not depend on which backend made the batch."""
+        ids = {name: k for k, name in enumerate(sorted({r["label"] for r in self.rows if r["label"]}))}
+        return [ids[r["label"]] if r["label"] else -1 for r in self.rows]
+
     def image(self, i: int) -> np.ndarray:
         """float32 image of scan ``i`` (memory-mapped read, then converted)."""
         return np.load(self.root / "arrays" / f"{self.rows[i]['scan_key']}.npy", mmap_mode="r").astype(np.float32)

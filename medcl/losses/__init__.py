@@ -2,7 +2,7 @@
 
 Each function checks its arguments, cites its paper and shows a runnable example in its
 module docstring. Under DDP a method passes the embeddings of every GPU (gathered with
-:func:`medcl.train.distributed.gather`, which carries gradients), so the loss is computed on the
+:func:`medcl.dist.gather`, which carries gradients), so the loss is computed on the
 global batch exactly as on one GPU.
 
 | function | paper | coupling across the batch |

@@ -7,7 +7,7 @@ Reduction", ICML 2021, eq. (1)-(2). Each embedding dimension is standardised ove
     C_ij = sum_b z1_bi z2_bj / N
     L = sum_i (1 - C_ii)^2 + lambda * sum_i sum_{j != i} C_ij^2
 
-Under DDP pass the embeddings of every GPU (``medcl.train.distributed.gather``): C is a
+Under DDP pass the embeddings of every GPU (``medcl.dist.gather``): C is a
 statistic of the whole batch.
 
 Example:

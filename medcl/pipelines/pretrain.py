@@ -7,15 +7,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import yaml
 
 from medcl import tracking
 from medcl.config import Config, config_to_dict, flatten
 from medcl.data.cohort import Cohort
+from medcl.dist import is_main_process
+from medcl.serving.inference import load_encoder
 from medcl.serving.registry import alias_new_version, log_encoder
+from medcl.tracking import RunHandle
 from medcl.train import PretrainResult, pretrain
-from medcl.train.checkpoint import read_run_id
-from medcl.train.distributed import is_main_process
+from medcl.train.state import read_run_id
 
 
 def encoder_meta(cfg: Config) -> dict:
@@ -41,10 +44,6 @@ def pretrain_cohort(cohort: Cohort) -> Cohort:
 def _continued_run(run_id: str, name: str):
     """The MLflow run ``run_id`` again (``--resume``): reopened as the active run, which
     medcl.tracking logs to; FINISHED when the block ends, FAILED if it raises."""
-    import mlflow
-
-    from medcl.tracking import RunHandle
-
     with mlflow.start_run(run_id=run_id):
         yield RunHandle(run_id, name, "", run_id=run_id)
 
@@ -74,8 +73,6 @@ def run_pretrain(cfg: Config, cohort_dir: Path, out_dir: Path, tracking_uri: str
         tracking.log_artifact(result.checkpoint_path, "checkpoints")
         uri = None
         if register:
-            from medcl.serving.inference import load_encoder
-
             encoder = load_encoder(result.encoder_path, encoder_meta(cfg))
             name = cfg.tracking.encoder_model_name
             info = log_encoder(encoder, encoder_meta(cfg), name, run=run, version_tags={"medcl.pretrain_run_id": run.run_id},

@@ -8,7 +8,7 @@ import torch
 from medcl.config import Config, TrainConfig
 from medcl.losses import barlow_twins
 from medcl.ssl.base import Method, StepOutput
-from medcl.train.distributed import gather
+from medcl.dist import gather
 
 
 class BarlowTwins(Method):

@@ -12,7 +12,7 @@ from torch import nn
 
 from medcl.config import Config, TrainConfig
 from medcl.models import ProjectionHead, build_encoder
-from medcl.train.distributed import gather_nograd
+from medcl.dist import gather_nograd
 
 
 @dataclass

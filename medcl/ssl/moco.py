@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from medcl.config import Config, TrainConfig
 from medcl.losses import info_nce
 from medcl.ssl.base import Method, MomentumMixin, StepOutput, Temperature
-from medcl.train.distributed import gather, gather_nograd
+from medcl.dist import gather, gather_nograd
 
 
 class MoCo(MomentumMixin, Method):

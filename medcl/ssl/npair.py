@@ -10,7 +10,7 @@ import torch
 from medcl.config import Config, TrainConfig
 from medcl.losses import n_pair
 from medcl.ssl.base import Method, StepOutput
-from medcl.train.distributed import gather
+from medcl.dist import gather
 
 
 class NPair(Method):

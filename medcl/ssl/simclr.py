@@ -7,7 +7,7 @@ import torch
 from medcl.config import Config
 from medcl.losses import nt_xent
 from medcl.ssl.base import Method, StepOutput, Temperature
-from medcl.train.distributed import gather
+from medcl.dist import gather
 
 
 class SimCLR(Method):

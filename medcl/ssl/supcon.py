@@ -9,7 +9,7 @@ import torch
 from medcl.config import Config
 from medcl.losses import supcon
 from medcl.ssl.base import Method, StepOutput, Temperature
-from medcl.train.distributed import gather
+from medcl.dist import gather
 
 
 class SupCon(Method):

@@ -1,20 +1,22 @@
-"""Pretraining: the loop, optimisers and schedules, checkpoints and resume, DDP, health metrics.
+"""Pretraining: the loop, optimisers and schedules, checkpoints and resume, health metrics.
 
-Attributes load lazily, so ``medcl.train.distributed`` (used by the methods) imports without
-the loop and MLflow.
+| module | what |
+|---|---|
+| ``loop`` | :func:`pretrain`: the epochs, on one process or under torchrun |
+| ``step`` | :func:`~medcl.train.step.train_step`: one optimiser step |
+| ``state`` | :class:`TrainState`: what training changes, saved and restored as the checkpoint |
+| ``callbacks`` | logging and progress, collapse warning, kNN probe, checkpoint cadence, crash-test hook |
+| ``checkpoint`` | checkpoint files: atomic writes, reads that unpickle no code, resumable configs |
+| ``pairs``, ``data``, ``monai_pairs``, ``batched_pairs``, ``store`` | where the batches of view pairs come from |
+| ``optim`` | AdamW, SGD, LARS; warmup + cosine; batch-scaled learning rate |
+| ``health`` | collapse metrics and the online kNN probe |
+| ``speed`` | GPU speed settings for benchmarks |
+
+Collectives (DDP) are :mod:`medcl.dist`, below the methods that use them.
 """
 
-from __future__ import annotations
+from medcl.train.loop import PretrainResult, pretrain
+from medcl.train.optim import warmup_cosine
+from medcl.train.state import TrainState
 
-import importlib
-
-_LAZY = {"PairDataset": "medcl.train.loop", "PretrainResult": "medcl.train.loop", "pretrain": "medcl.train.loop",
-         "warmup_cosine": "medcl.train.optim"}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'medcl.train' has no attribute '{name}'")
+__all__ = ["PretrainResult", "TrainState", "pretrain", "warmup_cosine"]

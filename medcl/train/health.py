@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medcl.augment import eval_view
+
 
 def alignment(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 2.0) -> float:
     """Wang & Isola eq. (4): E ||f(x) - f(x+)||^alpha over the pairs (z1[i], z2[i])."""
@@ -72,8 +74,6 @@ class KnnProbe:
     """Online kNN on the labelled scans of a cohort; their eval views are made once."""
 
     def __init__(self, cohort, view_size: int, k: int, max_scans: int = 256):
-        from medcl.augment import eval_view
-
         idx = [i for i in range(len(cohort)) if cohort.rows[i]["label"]][:max_scans]
         self.labels = np.array([cohort.rows[i]["label"] for i in idx])
         self.subjects = np.array([cohort.rows[i]["subject_key"] for i in idx])

@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def configure_backends(device: torch.device) -> None:
@@ -48,8 +49,6 @@ def step_flops(build: Callable[[], nn.Module], batch: int, view_size: int) -> fl
     """FLOPs of one training step (forward and backward of the encoder and projection head)
     for ``batch`` volumes, counted on the meta device (no memory, no compute): ``build()``
     returns a module mapping (B, 1, S, S, S) to embeddings."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with torch.device("meta"):
         model = build()
         x = torch.empty(batch, 1, view_size, view_size, view_size)

@@ -1,5 +1,8 @@
-"""Several GPUs (or CPU processes) through torchrun: process group, gathers that carry
-gradients, batch norm over every process's samples.
+"""Collectives, on the ground floor: several GPUs (or CPU processes) through torchrun: process
+group, gathers that carry gradients, batch norm over every process's samples.
+
+It sits below everything that trains (``medcl.ssl`` methods gather with it, ``medcl.train``'s
+loop sets the group up with it) and imports nothing of medcl, so any layer may use it.
 
 Launch: ``torchrun --nproc_per_node N -m medcl.cli pretrain ...``. torchrun sets ``RANK``,
 ``WORLD_SIZE`` and ``LOCAL_RANK``; :func:`setup` joins the process group (nccl on CUDA, gloo

@@ -1,0 +1,168 @@
+"""What the loop does around its steps, as small callbacks called at four hooks:
+
+- ``on_train_start(state)``: after the state is built (and restored, on resume), before the
+  first step;
+- ``on_step_end(state, logs)``: after each optimiser step, once ``state`` has advanced
+  (``state.step - 1`` is the step just done; ``logs`` its scalars, averaged over the ranks);
+- ``on_epoch_end(state)``: after the last step of an epoch;
+- ``on_train_end(state)``: after the last epoch.
+
+They run in the order given to :class:`Callbacks`; the loop gives the ones that log or write
+files to rank 0 only. None of them touches a random generator or a weight, so a run's numbers
+do not depend on which of them run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm import tqdm
+
+from medcl.tracking import log_metrics
+from medcl.train.health import KnnProbe
+from medcl.train.state import TrainState
+
+PAUSE_ENV = "MEDCL_DEBUG_PAUSE"
+
+
+class Callback:
+    """A hook does nothing unless a callback overrides it."""
+
+    def on_train_start(self, state: TrainState) -> None:
+        pass
+
+    def on_step_end(self, state: TrainState, logs: dict[str, float]) -> None:
+        pass
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        pass
+
+    def on_train_end(self, state: TrainState) -> None:
+        pass
+
+
+class Callbacks(Callback):
+    """Several callbacks, called in order at every hook."""
+
+    def __init__(self, callbacks: Sequence[Callback]):
+        self.callbacks = list(callbacks)
+
+    def on_train_start(self, state: TrainState) -> None:
+        for c in self.callbacks:
+            c.on_train_start(state)
+
+    def on_step_end(self, state: TrainState, logs: dict[str, float]) -> None:
+        for c in self.callbacks:
+            c.on_step_end(state, logs)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        for c in self.callbacks:
+            c.on_epoch_end(state)
+
+    def on_train_end(self, state: TrainState) -> None:
+        for c in self.callbacks:
+            c.on_train_end(state)
+
+
+class ProgressLog(Callback):
+    """Every step's scalars to the active MLflow run (at the step's index) and a progress bar."""
+
+    def __init__(self, total_steps: int, desc: str, show_bar: bool):
+        self.total, self.desc, self.show_bar = total_steps, desc, show_bar
+        self.bar: tqdm | None = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.bar = tqdm(total=self.total, initial=state.step, desc=self.desc, unit="step", disable=not self.show_bar)
+
+    def on_step_end(self, state: TrainState, logs: dict[str, float]) -> None:
+        log_metrics(logs, state.step - 1)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{logs['loss']:.3f}", epoch=state.epoch)
+
+    def on_train_end(self, state: TrainState) -> None:
+        self.bar.close()
+
+
+class CollapseWarning(Callback):
+    """One warning per epoch at most when the step's ``health/collapsed`` says the embeddings
+    are collapsing (:mod:`medcl.train.health`)."""
+
+    def __init__(self, method_name: str, threshold: float):
+        self.method_name, self.threshold = method_name, threshold
+        self.warned_epoch = -1
+
+    def on_step_end(self, state: TrainState, logs: dict[str, float]) -> None:
+        if logs.get("health/collapsed") and self.warned_epoch != state.epoch:
+            self.warned_epoch = state.epoch
+            warnings.warn(f"train.method={self.method_name}: representation collapse suspected at step "
+                          f"{state.step - 1}: std x sqrt(dim) of the normalised embeddings is "
+                          f"{logs['health/std_ratio']:.3f}, below train.collapse_threshold={self.threshold}",
+                          stacklevel=2)
+
+
+class KnnEvaluation(Callback):
+    """The online kNN probe every ``every`` epochs, logged at the epoch's last step."""
+
+    def __init__(self, probe: KnnProbe, every: int, device: torch.device):
+        self.probe, self.every, self.device = probe, every, device
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if (state.epoch + 1) % self.every == 0:
+            acc = self.probe(state.method.encoder, self.device)
+            if acc is not None:
+                log_metrics({"health/knn_balanced_accuracy": acc}, state.step - 1)
+
+
+class Checkpointer(Callback):
+    """The checkpoint at ``path``: every ``every_steps`` steps inside an epoch (0: never), at the
+    end of every epoch when ``every_epoch``, and always after the last epoch (``last_epoch``).
+    ``midway`` is passed on to :func:`medcl.train.checkpoint.save_atomic`."""
+
+    def __init__(self, path: Path, every_steps: int, every_epoch: bool, last_epoch: int, midway=None):
+        self.path, self.every_steps, self.every_epoch, self.last_epoch = path, every_steps, every_epoch, last_epoch
+        self.midway = midway
+
+    def on_step_end(self, state: TrainState, logs: dict[str, float]) -> None:
+        if self.every_steps and state.step % self.every_steps == 0 and state.step_in_epoch < state.steps_per_epoch:
+            state.save(self.path, self.midway)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if self.every_epoch or state.epoch == self.last_epoch:
+            state.save(self.path, self.midway)
+
+
+def debug_pause(kind: str, count: int, marker_dir: Path) -> None:
+    """Crash-test hook: with ``MEDCL_DEBUG_PAUSE=kind:count`` (``step:N`` after the N-th
+    optimiser step, before its checkpoint; ``checkpoint:N`` halfway through writing the N-th
+    checkpoint of this process) write ``marker_dir/paused`` and sleep until killed. Never set
+    it outside tests."""
+    want = os.environ.get(PAUSE_ENV, "")
+    if want != f"{kind}:{count}":
+        return
+    (Path(marker_dir) / "paused").write_text(want)
+    while True:
+        time.sleep(1)
+
+
+class DebugPause(Callback):
+    """The crash tests' hook (:func:`debug_pause`), when ``MEDCL_DEBUG_PAUSE`` is set: after
+    each step (``step:N``), and halfway through each checkpoint write (``checkpoint:N``, through
+    :attr:`midway`, which the :class:`Checkpointer` is given). Place it before the Checkpointer:
+    a step's pause comes before that step's checkpoint."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.saves = 0
+        self.midway = self._checkpoint_midway if os.environ.get(PAUSE_ENV) else None
+
+    def _checkpoint_midway(self, path: Path) -> None:
+        self.saves += 1
+        debug_pause("checkpoint", self.saves, path.parent)
+
+    def on_step_end(self, state: TrainState, logs: dict[str, float]) -> None:
+        debug_pause("step", state.step, self.out_dir)
