@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medcl.fewshot.ops import paired_1d
+
 __all__ = ["Episode", "EpisodeBatch", "sample_episodes", "sample_episode_batch", "max_shots"]
 
 
@@ -59,13 +61,7 @@ class _Cohort:
 
 
 def _group(labels, subjects) -> _Cohort:
-    labels, subjects = np.asarray(labels), np.asarray(subjects)
-    if labels.ndim != 1 or subjects.ndim != 1:
-        raise ValueError(f"labels and subjects must be 1-D, got shapes {labels.shape} and {subjects.shape}")
-    if len(labels) != len(subjects):
-        raise ValueError(f"labels ({len(labels)}) and subjects ({len(subjects)}) differ in length")
-    if len(labels) == 0:
-        raise ValueError("no scans: labels and subjects are empty")
+    labels, subjects = paired_1d(labels, subjects, ("labels", "subjects"))
     if any(v is None or v == "" for v in labels.tolist()):
         raise ValueError("labels contain unlabelled scans (None or ''); select the labelled scans first")
     classes, lab = np.unique(labels, return_inverse=True)

@@ -24,19 +24,14 @@ import math
 
 import numpy as np
 
+from medcl.fewshot.ops import paired_1d
+
 __all__ = ["accuracy", "balanced_accuracy", "macro_f1", "roc_auc_ovr", "expected_calibration_error", "brier_score",
            "sensitivity_specificity", "confusion", "mean_ci95"]
 
 
 def _pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    if y_true.ndim != 1 or y_pred.ndim != 1:
-        raise ValueError(f"y_true and y_pred must be 1-D, got shapes {y_true.shape} and {y_pred.shape}")
-    if len(y_true) != len(y_pred):
-        raise ValueError(f"y_true ({len(y_true)}) and y_pred ({len(y_pred)}) differ in length")
-    if len(y_true) == 0:
-        raise ValueError("y_true and y_pred are empty")
-    return y_true, y_pred
+    return paired_1d(y_true, y_pred, ("y_true", "y_pred"))
 
 
 def accuracy(y_true, y_pred) -> float:
