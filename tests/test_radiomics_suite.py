@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from medcl import cli
 from medcl.config import ConfigError, DataConfig, load_config
 from medcl.data.cohort import Cohort
 from medcl.data.demo import make_demo_sources
@@ -119,3 +120,19 @@ def test_config_checks_the_radiomics_keys():
                      ("fewshot.radiomics_families=[glcm,glcm]", "radiomics_families")):
         with pytest.raises(ConfigError, match=key):
             load_config(None, [bad])
+
+
+def test_demo_headline_shows_every_baseline_per_k(evaluated, tmp_path, monkeypatch, capsys):
+    cfg, fs = evaluated
+    summary = {"fewshot": summary_block(cfg, fs), "mlflow": {"fewshot_model_uri": "models:/x@champion",
+                                                             "tracking_uri": "sqlite:///x.db"}}
+    monkeypatch.setattr(cli, "run_demo", lambda *a, **k: summary)
+    assert cli.main(["demo", "--out", str(tmp_path), "--quiet", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if "radiomics" in line and "K=" not in line)
+    assert header.split() == ["pretrained", "raw", "voxels", "radiomics"]
+    rows = [line for line in lines if line.startswith("K=")]
+    assert len(rows) == 2
+    for row, k in zip(rows, ("1", "2")):
+        r = summary["fewshot"]["radiomics"][k]
+        assert row.count("[") == 3 and f"{r['balanced_accuracy']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}]" in row

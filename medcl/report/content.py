@@ -56,7 +56,7 @@ def method_lines(cfg: Config, fs: FewShotOutput) -> list[str]:
 def _radiomics_line(f, info: dict) -> str:
     """The radiomics baseline in words: what, on which grid, z-scored on which scans."""
     spacing = info.get("spacing", f.radiomics_spacing)
-    fit = ("the unlabelled pretraining (train split) scans' features" if info.get("fit_on") == "train split"
+    fit = ("the unlabelled pretraining (train split) scans' features" if info.get("fit_on", "train split") == "train split"
            else "the evaluation scans' features (no labels; the cohort has no train split)")
     return (f"Radiomics (IBSI-compliant, MIRP): {', '.join(f.radiomics_families)} features of each scan's foreground "
             f"(head) mask in 3D, grey levels discretised into {f.radiomics_bins} fixed bins, computed on a "
