@@ -24,16 +24,23 @@ from medcl.train.checkpoint import CheckpointError  # noqa: E402
 from medcl.validate import load_checked  # noqa: E402
 
 
+# the demo's headline: pretraining against every baseline, one line per K
+_DEMO_SOURCES = [("pretrained", "pretrained"), ("random_init", "random init"), ("raw_voxels", "raw voxels"),
+                 ("radiomics", "radiomics"), ("scratch", "scratch")]
+
+
 def _cmd_demo(args) -> int:
     cfg = load_checked(args.config, args.overrides)
     summary = run_demo(cfg, Path(args.out), _uri(args, Path(args.out)), progress=not args.quiet)
-    pre = summary["fewshot"]["pretrained"]
-    rnd = summary["fewshot"]["random_init"]
+    fs = summary["fewshot"]
     print("simulated pathology on real anatomy: not patient data")
-    for k in pre:
-        print(f"K={k:>2}  balanced accuracy  pretrained {pre[k]['balanced_accuracy']:.3f} "
-              f"[{pre[k]['ci95'][0]:.3f}, {pre[k]['ci95'][1]:.3f}]   random init {rnd[k]['balanced_accuracy']:.3f} "
-              f"[{rnd[k]['ci95'][0]:.3f}, {rnd[k]['ci95'][1]:.3f}]")
+    cols = [(src, name) for src, name in _DEMO_SOURCES if src in fs]
+    print(f"balanced accuracy [95% CI], {cfg.fewshot.primary_head} head (from scratch: its own head)")
+    print(" " * 6 + "".join(f"{name:<22}" for _, name in cols))
+    for k in fs["pretrained"]:
+        cells = [f"{fs[src][k]['balanced_accuracy']:.3f} [{fs[src][k]['ci95'][0]:.3f}, {fs[src][k]['ci95'][1]:.3f}]"
+                 if k in fs[src] else "-" for src, _ in cols]
+        print(f"K={k:>2}  " + "".join(f"{c:<22}" for c in cells).rstrip())
     print(f"report: {Path(args.out) / 'report.html'}\nsummary: {Path(args.out) / 'summary.json'}")
     print(f"model: {summary['mlflow']['fewshot_model_uri']} (tracking URI {summary['mlflow']['tracking_uri']})")
     return 0

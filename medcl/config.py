@@ -136,8 +136,12 @@ class FewShotConfig:
     logreg_Cs: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)  # grid for the leave-one-subject-out choice of C
     logreg_C: float = 1.0            # C when K = 1 (LOSO would leave a class empty)
     knn_k: int = 3                   # neighbours (at most K)
-    baselines: tuple[str, ...] = ("raw_voxels", "scratch")  # beside the random-init encoder (always)
+    baselines: tuple[str, ...] = ("raw_voxels", "radiomics", "scratch")  # beside the random-init encoder (always)
     pca_components: int = 64        # raw-voxel baseline: PCA components (at most pretraining scans - 1)
+    radiomics_spacing: float = 4.0   # radiomics baseline: grid (mm) it is computed on (0 = the cohort's own)
+    radiomics_families: tuple[str, ...] = ("statistics", "intensity_histogram", "glcm", "glszm")  # MIRP's names
+    radiomics_bins: int = 32         # fixed bin number of its grey-level discretisation
+    radiomics_workers: int = 2       # processes computing it (0 or 1: in the evaluating process)
     scratch_episodes: int = 20       # from-scratch 3D ResNet: the first N episodes per K (one training each)
     scratch_steps: int = 20          # its optimiser steps per episode (full support batch)
     scratch_view_size: int = 24      # its input: the evaluation view downsampled to this size
@@ -321,6 +325,11 @@ def _fewshot_checks(f: FewShotConfig) -> list[tuple[bool, str, str]]:
         (f.logreg_C > 0, "fewshot.logreg_C", "must be > 0"),
         (f.knn_k >= 1, "fewshot.knn_k", "must be >= 1"),
         (f.pca_components >= 1, "fewshot.pca_components", "must be >= 1"),
+        (f.radiomics_spacing >= 0, "fewshot.radiomics_spacing", "must be >= 0 mm (0 = the cohort's own grid)"),
+        (len(f.radiomics_families) >= 1 and len(set(f.radiomics_families)) == len(f.radiomics_families),
+         "fewshot.radiomics_families", "must be one or more distinct family names"),
+        (f.radiomics_bins >= 2, "fewshot.radiomics_bins", "must be >= 2"),
+        (f.radiomics_workers >= 0, "fewshot.radiomics_workers", "must be >= 0"),
         (f.scratch_episodes >= 1, "fewshot.scratch_episodes", "must be >= 1"),
         (f.scratch_steps >= 1, "fewshot.scratch_steps", "must be >= 1"),
         (f.scratch_view_size >= 16, "fewshot.scratch_view_size", "must be >= 16"),

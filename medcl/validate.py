@@ -5,7 +5,8 @@ to the modules that implement them — methods (:data:`medcl.ssl.METHODS`, each 
 checking its own settings), encoder architectures (:data:`medcl.models.FEATURE_DIMS`), cache
 placements and loader worker kinds (:mod:`medcl.train.store`, :mod:`medcl.train.batched_pairs`), optimisers
 (:data:`medcl.train.optim.OPTIMIZERS`), few-shot heads, baselines and label-budget methods
-(:mod:`medcl.fewshot`). This pass sits above all of them, so that ``config`` never imports
+(:mod:`medcl.fewshot`), radiomics feature families
+(:data:`medcl.fewshot.radiomics.FAMILY_NAMES`). This pass sits above all of them, so that ``config`` never imports
 upward and no list of names is written twice. Every command loads its config through
 :func:`load_checked`.
 """
@@ -18,6 +19,7 @@ from medcl.config import Config, ConfigError, load_config, raise_failed
 from medcl.fewshot.baselines import BASELINES
 from medcl.fewshot.budget import METHODS as BUDGET_METHODS
 from medcl.fewshot.heads import HEADS
+from medcl.fewshot.radiomics import FAMILY_NAMES as RADIOMICS_FAMILIES
 from medcl.models import FEATURE_DIMS
 from medcl.ssl import METHODS, method_class
 from medcl.train.batched_pairs import WORKER_KINDS
@@ -48,6 +50,8 @@ def check_names(cfg: Config) -> None:
         (t.optimizer in OPTIMIZERS, "train.optimizer", _one_of(OPTIMIZERS)),
         (set(f.heads) <= set(HEADS), "fewshot.heads", _among(HEADS)),
         (set(f.baselines) <= set(BASELINES), "fewshot.baselines", _among(BASELINES)),
+        (set(f.radiomics_families) <= set(RADIOMICS_FAMILIES), "fewshot.radiomics_families",
+         _among(RADIOMICS_FAMILIES)),
         (f.budget_method in BUDGET_METHODS + ("none",), "fewshot.budget_method", _one_of(BUDGET_METHODS + ("none",))),
     ])
     raise_failed(cfg, method_class(t.method).checks(t))

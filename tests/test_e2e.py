@@ -70,8 +70,8 @@ def test_report_is_self_contained_and_says_simulated(demo_out):
     assert html.count("src='data:image/png;base64,") == 11  # 5 metric curves, confusion, ROC, reliability, map, montage, loss
     assert "http://" not in html and "https://" not in html
     assert re.findall(r"<section id='([^']+)'>", html) == SECTIONS
-    for source in ("pretrained encoder", "random-init encoder", "raw voxels (PCA)", "3D ResNet from scratch",
-                   "linear probe on all labels"):
+    for source in ("pretrained encoder", "random-init encoder", "raw voxels (PCA)", "radiomics (IBSI, MIRP)",
+                   "3D ResNet from scratch", "linear probe on all labels"):
         assert source in html
     assert (out / "report_data" / "report_data.json").exists()
 
@@ -88,15 +88,15 @@ def test_demo_report_passes_the_browser_check_and_has_its_pdf(demo_out):
 
 def test_summary_keeps_every_head_baseline_and_the_paired_differences(demo_out):
     _, summary = demo_out
-    assert set(summary["fewshot_all_heads"]) == {"pretrained", "random_init", "raw_voxels"}
+    assert set(summary["fewshot_all_heads"]) == {"pretrained", "random_init", "raw_voxels", "radiomics"}
     assert set(summary["fewshot_all_heads"]["pretrained"]) == {"prototype", "prototype_euclidean", "logreg", "knn"}
     assert set(summary["fewshot"]["scratch"]) == {"1", "2"} and summary["fewshot"]["scratch"]["1"]["n_episodes"] == 3
     r = summary["fewshot_all_heads"]["pretrained"]["logreg"]["2"]
     assert r["n_episodes"] == 10 and set(r["sensitivity"]) == {"atrophy", "healthy", "lesion"}
     assert {(p["b"], p["shots"]) for p in summary["fewshot_paired"]} == {
-        (b, k) for b in ("random_init", "raw_voxels", "scratch") for k in ("1", "2")}
+        (b, k) for b in ("random_init", "raw_voxels", "radiomics", "scratch") for k in ("1", "2")}
     assert set(summary["label_budget"]) == {"1", "2"} and set(summary["fewshot_ceiling"]) == {
-        "pretrained", "random_init", "raw_voxels"}
+        "pretrained", "random_init", "raw_voxels", "radiomics"}
 
 
 def test_no_source_file_names_in_outputs(demo_out):
@@ -139,7 +139,8 @@ def test_fewshot_report_and_suggest_labels_commands(demo_out, tmp_path, capsys, 
                str(tmp_path / "fs"), "--tracking-uri", uri, "--quiet", *FEWSHOT_CLI])
     assert rc == 0, capsys.readouterr().err
     fs = _strict_load((tmp_path / "fs" / "summary.json").read_text())
-    assert set(fs["fewshot"]) == {"pretrained", "random_init", "raw_voxels", "scratch"}
+    assert set(fs["fewshot"]) == {"pretrained", "random_init", "raw_voxels", "radiomics", "scratch"}
+    assert (out / "cohort" / "radiomics").is_dir()       # the demo's radiomics features, reused here
     assert fs["fewshot"]["pretrained"]["2"]["n_episodes"] == 20 and fs["cohort"]["scans"] == 9
     # the run's saved report data renders the report again, from the run id alone
     assert main(["report", fs["mlflow"]["fewshot_run_id"], "--tracking-uri", fs["mlflow"]["tracking_uri"], "--out",

@@ -38,7 +38,7 @@ def report_data():
     y = np.repeat([0, 1, 2], 8)
     labels = np.array(["atrophy", "healthy", "lesion"])[y]
     feats = {"pretrained": rng.normal(size=(24, 32)) + 2 * np.eye(3, 32)[y], "random_init": rng.normal(size=(24, 32)),
-             "raw_voxels": rng.normal(size=(24, 10))}
+             "raw_voxels": rng.normal(size=(24, 10)), "radiomics": rng.normal(size=(24, 20))}
     views = torch.as_tensor(rng.normal(size=(24, 1, 16, 16, 16)).astype(np.float32))
     fs = evaluate_features(cfg, feats, labels, SUBJECTS, views, 16)
     montage = [MontageSample(c, rng.random((16, 16, 16)), rng.random((16, 16, 16)), rng.random((16, 16, 16)))
@@ -67,9 +67,10 @@ def test_every_section_is_there_with_content(report):
     assert "simulated pathology on real anatomy" in html.lower()
     # one curve figure per metric, every head in each; all baselines and the ceiling in the tables
     assert sections["curves"].count("<img") == 5
-    for name in ("pretrained encoder", "random-init encoder", "raw voxels (PCA)", "3D ResNet from scratch",
-                 "linear probe on all labels"):
+    for name in ("pretrained encoder", "random-init encoder", "raw voxels (PCA)", "radiomics (IBSI, MIRP)",
+                 "3D ResNet from scratch", "linear probe on all labels"):
         assert name in sections["summary"], name
+    assert "radiomics (IBSI, MIRP)" in sections["metrics"] and "Radiomics (IBSI-compliant, MIRP)" in sections["method"]
     for head in ("prototype (cosine, CL2N)", "prototype (Euclidean)", "logistic regression (C by LOSO)", "kNN"):
         assert head in sections["metrics"], head
     assert "subject bootstrap" in sections["summary"] and "episodic" in sections["metrics"]

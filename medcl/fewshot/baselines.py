@@ -4,6 +4,10 @@
   the unlabelled pretraining scans (the same scans the encoder saw; no labels), then the same
   heads as the encoder's features. If pretraining left no scans aside, PCA is fitted on the
   evaluation scans themselves (still without labels).
+- **radiomics (IBSI, MIRP)**: hand-crafted IBSI features of each scan's foreground mask on a
+  coarser grid (:mod:`medcl.fewshot.radiomics`, cached per cohort), z-scored with the mean and
+  standard deviation of the unlabelled pretraining scans' features (as the PCA above is fitted
+  on them), then the same heads; computed by :func:`medcl.fewshot.suite.evaluate_encoders`.
 - **3D ResNet from scratch**: a small MONAI ResNet-10 trained on the K support scans of an
   episode (cross-entropy, Adam, left-right flips), then scored on the episode's queries. It is
   deliberately cheap (a narrow network, downsampled views, few steps, few episodes: see the
@@ -36,11 +40,12 @@ from medcl.models import build_encoder
 __all__ = ["BASELINES", "SOURCE_LABELS", "pca_features", "scratch_predictions", "linear_probe", "downsample_views"]
 
 # fewshot.baselines: the encoder-free baselines scored beside the random-init encoder
-BASELINES = ("raw_voxels", "scratch")
+BASELINES = ("raw_voxels", "radiomics", "scratch")
 
 # every feature source and baseline of an evaluation, as reports and paired comparisons name it
 SOURCE_LABELS = {"pretrained": "pretrained encoder", "random_init": "random-init encoder",
-                 "raw_voxels": "raw voxels (PCA)", "scratch": "3D ResNet from scratch"}
+                 "raw_voxels": "raw voxels (PCA)", "radiomics": "radiomics (IBSI, MIRP)",
+                 "scratch": "3D ResNet from scratch"}
 
 
 def pca_features(fit_on: np.ndarray, transform: np.ndarray, n_components: int) -> np.ndarray:

@@ -33,10 +33,14 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from importlib.metadata import version
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -44,12 +48,18 @@ import mirp
 import nibabel as nib
 import numpy as np
 
-__all__ = ["FAMILIES", "N_BINS", "RadiomicsError", "radiomics_features", "scan_features", "mirp_settings",
-           "kept_columns", "standardise"]
+from medcl.data.cohort import Cohort
 
-# the default feature families (MIRP's names) and discretisation
+__all__ = ["FAMILIES", "FAMILY_NAMES", "N_BINS", "SPACING", "RadiomicsError", "radiomics_features", "scan_features",
+           "mirp_settings", "kept_columns", "standardise", "resample", "cohort_radiomics"]
+
+# the default feature families (MIRP's names), discretisation and grid (mm) of the suite's baseline
 FAMILIES = ("statistics", "intensity_histogram", "glcm", "glszm")
 N_BINS = 32
+SPACING = 4.0
+# every family a config may name (MIRP's base families; fewshot.radiomics_families is checked against it)
+FAMILY_NAMES = ("morphology", "local_intensity", "statistics", "intensity_histogram", "intensity_volume_histogram",
+                "glcm", "glrlm", "glszm", "gldzm", "ngtdm", "ngldm")
 # MIRP's table has these metadata columns beside the features
 _METADATA_PREFIXES = ("sample_name", "image_")
 
@@ -88,13 +98,14 @@ def _check(image: np.ndarray, mask: np.ndarray, key: str) -> None:
         raise RadiomicsError(f"radiomics: scan {key}: non-finite intensities inside the mask")
 
 
-def scan_features(image: np.ndarray, mask: np.ndarray, spacing: float, key: str = "0",
+def scan_features(image: np.ndarray, mask: np.ndarray, spacing, key: str = "0",
                   families=FAMILIES, n_bins: int = N_BINS) -> dict[str, float]:
-    """MIRP's features of one scan (feature name -> value, in MIRP's order); a bad scan or a
-    failure inside MIRP is a one-line :class:`RadiomicsError` naming ``key``."""
+    """MIRP's features of one scan (feature name -> value, in MIRP's order); ``spacing``: mm,
+    one number or one per axis. A bad scan or a failure inside MIRP is a one-line
+    :class:`RadiomicsError` naming ``key``."""
     image, mask = np.asarray(image, np.float32), np.asarray(mask).astype(bool)
     _check(image, mask, key)
-    affine = np.diag([float(spacing)] * 3 + [1.0])
+    affine = np.diag(list(np.broadcast_to(np.asarray(spacing, float), (3,))) + [1.0])
     with tempfile.TemporaryDirectory(prefix="medcl-radiomics-") as tmp:
         paths = Path(tmp) / "scan_image.nii", Path(tmp) / "scan_mask.nii"
         nib.save(nib.Nifti1Image(image, affine), paths[0])
@@ -123,7 +134,8 @@ def radiomics_features(images: list[np.ndarray], masks: list[np.ndarray], spacin
     (MIRP's, e.g. ``cm_contrast_d1_3d_v_mrg_fbn_n32``: family, feature, distance, aggregation,
     discretisation).
 
-    ``images``: 3D arrays at ``spacing`` mm isotropic; ``masks``: boolean arrays of the same
+    ``images``: 3D arrays at ``spacing`` mm (one number, one per axis, or one of those per
+    scan); ``masks``: boolean arrays of the same
     shapes. ``workers`` > 1 computes scans in that many processes (spawned; order kept);
     0 or 1 in this process. ``keys`` name the scans in errors (default: their index). Nothing is
     dropped or scaled here: see :func:`standardise`."""
@@ -132,7 +144,8 @@ def radiomics_features(images: list[np.ndarray], masks: list[np.ndarray], spacin
     if not len(images):
         raise ValueError("radiomics: no scans")
     keys = [str(k) for k in (keys if keys is not None else range(len(images)))]
-    jobs = [(img, m, spacing, k, tuple(families), n_bins) for img, m, k in zip(images, masks, keys)]
+    spacings = spacing if isinstance(spacing, list) else [spacing] * len(images)
+    jobs = [(img, m, sp, k, tuple(families), n_bins) for img, m, sp, k in zip(images, masks, spacings, keys)]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
             rows = list(pool.map(_scan_job, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
@@ -172,3 +185,96 @@ def standardise(fit: np.ndarray, apply: np.ndarray) -> np.ndarray:
     mean, std = fit[:, keep].mean(0), fit[:, keep].std(0)
     z = (apply[:, keep] - mean) / std
     return np.where(np.isfinite(z), z, 0.0)
+
+
+def _pool(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Mean of ``a`` over a partition of each axis into ``shape`` contiguous blocks (area
+    averaging; blocks of equal size when the axis divides evenly)."""
+    for ax, m in enumerate(shape):
+        starts = (np.arange(m) * a.shape[ax]) // m
+        counts = np.diff(np.r_[starts, a.shape[ax]]).reshape([-1 if i == ax else 1 for i in range(a.ndim)])
+        a = np.add.reduceat(a, starts, axis=ax) / counts
+    return a
+
+
+def resample(image: np.ndarray, mask: np.ndarray, spacing: float, new_spacing: float):
+    """``(image, mask, spacing per axis)`` on a grid of about ``new_spacing`` mm: each new voxel
+    the mean of the old voxels it covers (area averaging, an anti-aliased downsampling), the
+    mask the voxels at least half covered by it (IBSI's partial-volume threshold 0.5). An
+    integer factor pads the edges (image: edge values, mask: outside) to whole blocks, so the
+    grid is exactly ``new_spacing``; otherwise each axis gets ``round(extent / new_spacing)``
+    voxels and its exact spacing is returned. ``new_spacing`` at or below ``spacing``: unchanged."""
+    if new_spacing <= spacing * (1 + 1e-6):
+        return image, mask, (float(spacing),) * 3
+    f = new_spacing / spacing
+    if abs(f - round(f)) < 1e-6:
+        pad = [(0, -n % round(f)) for n in image.shape]
+        image, mask = np.pad(image, pad, mode="edge"), np.pad(mask, pad)
+        shape = tuple(n // round(f) for n in image.shape)
+    else:
+        shape = tuple(max(1, round(n / f)) for n in image.shape)
+    img = _pool(image.astype(np.float64), shape).astype(np.float32)
+    return img, _pool(mask.astype(np.float64), shape) >= 0.5, tuple(n * spacing / m for n, m in zip(image.shape, shape))
+
+
+def _settings_digest(spacing: float, families, n_bins: int) -> str:
+    settings = {**mirp_settings(families, n_bins), "spacing": float(spacing), "resample": "area-v1",
+                "mirp": version("mirp")}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read_cache(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {"ids": z["ids"].tolist(), "X": z["X"], "names": z["names"].tolist()}
+    except (OSError, ValueError, KeyError):       # a torn or foreign file: recompute, then overwrite
+        return {}
+
+
+def _write_cache(path: Path, ids: list[str], X: np.ndarray, names: list[str]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, ids=np.array(ids), X=X, names=np.array(names))
+        os.replace(tmp, path)
+    except OSError as exc:                        # a read-only cohort: features computed, not kept
+        logging.getLogger(__name__).warning("radiomics cache %s not written: %s", path, exc.strerror)
+
+
+def cache_path(cohort: Cohort, spacing: float = SPACING, families=FAMILIES, n_bins: int = N_BINS) -> Path:
+    """Where :func:`cohort_radiomics` keeps a cohort's features for these settings:
+    ``<cohort>/radiomics/<hash of the settings and MIRP's version>.npz``."""
+    return Path(cohort.root) / "radiomics" / f"{_settings_digest(spacing, families, n_bins)}.npz"
+
+
+def cohort_radiomics(cohort: Cohort, spacing: float = SPACING, families=FAMILIES, n_bins: int = N_BINS,
+                     workers: int = 0) -> tuple[np.ndarray, list[str], dict]:
+    """``(N, F)`` radiomics features of every scan of ``cohort`` (manifest order), their names,
+    and ``{"computed": n, "cached": n, "spacing": mm}``. Each scan's image and foreground mask
+    are resampled to ``spacing`` mm (:func:`resample`; a coarser cohort keeps its own grid), then
+    :func:`radiomics_features`. Features are cached per scan (scan key and preprocessing hash)
+    in :func:`cache_path`, so a rerun, another seed or another split reuses them and only new
+    scans are computed; other settings are another file."""
+    if not len(cohort):
+        raise ValueError("radiomics: no scans")
+    path = cache_path(cohort, spacing, families, n_bins)
+    ids = [f"{r['scan_key']}:{r.get('prep_sha256', '')}" for r in cohort.rows]
+    cache = _read_cache(path)
+    known = {i: row for i, row in zip(cache.get("ids", []), cache.get("X", []))}
+    todo = [j for j, i in enumerate(ids) if i not in known]
+    names = cache.get("names")
+    if todo:
+        grids = [resample(cohort.image(j), cohort.mask(j), float(cohort.rows[j]["spacing"]), spacing) for j in todo]
+        X_new, names_new = radiomics_features([g[0] for g in grids], [g[1] for g in grids], [g[2] for g in grids],
+                                              workers, [cohort.rows[j]["scan_key"] for j in todo], families, n_bins)
+        if names is not None and names != names_new:
+            raise RadiomicsError(f"radiomics: {path}: cached features are not MIRP's {len(names_new)} features "
+                                 "for these settings; delete the file to recompute")
+        names = names_new
+        known.update({ids[j]: x for j, x in zip(todo, X_new)})
+        _write_cache(path, list(known), np.array(list(known.values())), names)
+    X = np.array([known[i] for i in ids], dtype=np.float64)
+    sp = min(float(r["spacing"]) for r in cohort.rows)
+    return X, list(names), {"computed": len(todo), "cached": len(ids) - len(todo), "spacing": max(spacing, sp)}

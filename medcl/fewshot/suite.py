@@ -5,7 +5,8 @@ maps; and the deployable head (fitted on K labelled scans per class).
 
 Which scans are evaluated is decided here: the labelled scans of the ``test`` split, never seen
 by pretraining (:func:`evaluation_cohort`); the raw-voxel PCA is fitted on the unlabelled
-pretraining scans (:func:`pca_cohort`).
+pretraining scans (:func:`pca_cohort`), and the radiomics features are z-scored with those same
+scans' means and standard deviations (:func:`radiomics_baseline`).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from medcl.fewshot.budget import evaluate_budget
 from medcl.fewshot.embed import cohort_views, embed_cohort, embed_views, tsne_map
 from medcl.fewshot.evaluate import EvalSpec, run_heads
 from medcl.fewshot.heads import LinearHead, deployable
+from medcl.fewshot.radiomics import cache_path, cohort_radiomics, kept_columns, standardise
 from medcl.fewshot.stats import paired_difference, reliability_bins, roc_points, summarise
 from medcl.models import Encoder
 
 __all__ = ["FewShotOutput", "evaluation_cohort", "pca_cohort", "confusion_shot", "head_options", "eval_spec",
-           "evaluate_encoders", "evaluate_features", "fit_deployable_head", "save_features", "log_to_mlflow"]
+           "radiomics_baseline", "evaluate_encoders", "evaluate_features", "fit_deployable_head", "save_features", "log_to_mlflow"]
 
 
 def evaluation_cohort(cohort: Cohort) -> Cohort:
@@ -62,6 +64,7 @@ class FewShotOutput:
     reliability: dict = field(default_factory=dict)
     confusion_shot: str = ""
     timings: dict = field(default_factory=dict)
+    radiomics: dict = field(default_factory=dict)     # how the radiomics baseline was computed (radiomics_baseline)
     labels: np.ndarray | None = None
     subjects: np.ndarray | None = None
 
@@ -97,6 +100,28 @@ def _timed(timings: dict, key: str):
     timings[key] = time.perf_counter() - t
 
 
+def radiomics_baseline(f: FewShotConfig, eval_set: Cohort, fit_set: Cohort) -> tuple[np.ndarray, dict]:
+    """The radiomics baseline's ``(N, F)`` float32 features of ``eval_set`` and how they were made.
+
+    Features of every scan of both sets (:func:`~medcl.fewshot.radiomics.cohort_radiomics`,
+    ``fewshot.radiomics_*`` settings, cached in the cohort folder), then ``eval_set``'s z-scored
+    with the mean and standard deviation of ``fit_set``'s: the unlabelled pretraining scans
+    (:func:`pca_cohort`, as the raw-voxel PCA; no label, no support or query scan), so every
+    episode sees the same features and the heads' own centring (SimpleShot, logistic
+    regression) does the rest. Columns constant or non-finite on ``fit_set`` are dropped."""
+    keys = {r["scan_key"] for r in eval_set.rows}
+    both = Cohort(eval_set.root, eval_set.rows + [r for r in fit_set.rows if r["scan_key"] not in keys])
+    X, names, info = cohort_radiomics(both, f.radiomics_spacing, f.radiomics_families, f.radiomics_bins,
+                                      f.radiomics_workers)
+    row = {r["scan_key"]: i for i, r in enumerate(both.rows)}
+    X_eval, X_fit = X[:len(eval_set)], X[[row[r["scan_key"]] for r in fit_set.rows]]
+    info.update({"features": len(names), "kept": int(kept_columns(X_fit).sum()), "fit_scans": len(fit_set),
+                 "fit_on": "evaluation scans" if {r["scan_key"] for r in fit_set.rows} == keys else "train split",
+                 "families": list(f.radiomics_families), "bins": f.radiomics_bins,
+                 "cache": str(cache_path(both, f.radiomics_spacing, f.radiomics_families, f.radiomics_bins))})
+    return standardise(X_fit, X_eval).astype(np.float32), info
+
+
 def evaluate_encoders(cfg: Config, cohort: Cohort, encoders: dict[str, Encoder], view_size: int | None = None,
                       log=print) -> FewShotOutput:
     """Every encoder and baseline, every head, the same episodes (same seed) for all of them."""
@@ -115,8 +140,14 @@ def evaluate_encoders(cfg: Config, cohort: Cohort, encoders: dict[str, Encoder],
             fit_views = views if fit_set.rows == eval_set.rows else cohort_views(fit_set, view_size)
             features["raw_voxels"] = pca_features(torch.stack(fit_views).numpy(), torch.stack(views).numpy(),
                                                   f.pca_components).astype(np.float32)
+    radiomics_info = {}
+    if "radiomics" in f.baselines:
+        with _timed(timings, "radiomics"):
+            features["radiomics"], radiomics_info = radiomics_baseline(f, eval_set, pca_cohort(cohort))
+        log(f"radiomics: {radiomics_info['computed']} scans computed, {radiomics_info['cached']} from the cache "
+            f"({radiomics_info['cache']})")
     out = evaluate_features(cfg, features, eval_set.labels, eval_set.subjects, torch.stack(views), view_size)
-    out.cohort = eval_set
+    out.cohort, out.radiomics = eval_set, radiomics_info
     out.timings = {**{k: round(v, 2) for k, v in timings.items()}, **out.timings}
     return out
 

@@ -28,8 +28,11 @@ def method_lines(cfg: Config, fs: FewShotOutput) -> list[str]:
         "Feature sources: the pretrained encoder; the same architecture with random weights (random-init baseline)"
         + ("; raw voxels of the same evaluation view projected on their first "
            f"{f.pca_components} principal components (fitted on the unlabelled pretraining scans)"
-           if "raw_voxels" in f.baselines else "") + ".",
+           if "raw_voxels" in f.baselines else "")
+        + ("; radiomics features (below)" if "radiomics" in f.baselines else "") + ".",
     ]
+    if "radiomics" in f.baselines:
+        lines.append(_radiomics_line(f, fs.radiomics))
     if "scratch" in f.baselines:
         lines.append(f"3D ResNet from scratch: a MONAI ResNet-10 (widen factor {f.scratch_widen}) trained on each episode's "
                      f"K support scans only, {f.scratch_steps} Adam steps at {f.scratch_view_size}^3 voxels with "
@@ -48,6 +51,20 @@ def method_lines(cfg: Config, fs: FewShotOutput) -> list[str]:
                  "specificity; one-vs-rest ROC AUC from positive-negative pairs within episodes. With the same number of "
                  "queries of each class in every episode these equal the usual means over episodes.")
     return lines
+
+
+def _radiomics_line(f, info: dict) -> str:
+    """The radiomics baseline in words: what, on which grid, z-scored on which scans."""
+    spacing = info.get("spacing", f.radiomics_spacing)
+    fit = ("the unlabelled pretraining (train split) scans' features" if info.get("fit_on", "train split") == "train split"
+           else "the evaluation scans' features (no labels; the cohort has no train split)")
+    return (f"Radiomics (IBSI-compliant, MIRP): {', '.join(f.radiomics_families)} features of each scan's foreground "
+            f"(head) mask in 3D, grey levels discretised into {f.radiomics_bins} fixed bins, computed on a "
+            f"{spacing:g} mm grid (the cached scan averaged over {spacing:g} mm blocks, the mask where at least half "
+            f"covered) for speed; " + (f"{info['kept']} of {info['features']} features kept (the rest constant), " if
+                                       info else "") + f"z-scored with the mean and standard deviation of {fit}, "
+            "then the same heads and episodes as every other source. A hospital radiomics study's usual "
+            "baseline, without feature selection or tuning.")
 
 
 def _evaluation_line(cfg: Config, fs: FewShotOutput) -> str:

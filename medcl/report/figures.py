@@ -18,7 +18,8 @@ from medcl.fewshot.heads import HEADS  # noqa: E402
 HEAD_LABELS = {**{name: spec.label for name, spec in HEADS.items()}, "scratch": "trained end to end"}
 METRIC_LABELS = {"balanced_accuracy": "balanced accuracy", "accuracy": "accuracy", "macro_f1": "macro-F1",
                  "auc": "ROC AUC (one-vs-rest)", "ece": "expected calibration error", "brier": "Brier score"}
-COLOURS = {"pretrained": "#1f77b4", "random_init": "#ff7f0e", "raw_voxels": "#2ca02c", "scratch": "#d62728"}
+COLOURS = {"pretrained": "#1f77b4", "random_init": "#ff7f0e", "raw_voxels": "#2ca02c", "radiomics": "#9467bd",
+           "scratch": "#d62728"}
 
 
 def label(name: str, table: dict) -> str:
