@@ -160,6 +160,7 @@ class FewShotConfig:
 class DemoConfig:
     n_subjects: int = 90
     seed: int = 0
+    seeds: int = 1                   # pretraining seeds (train.seed, +1, ...): mean and spread beside the CIs
 
 
 @dataclass
@@ -352,7 +353,8 @@ def raise_failed(cfg: "Config", checks: list[tuple[bool, str, str]]) -> None:
 def _validate(cfg: Config) -> None:
     raise_failed(cfg, _data_checks(cfg.data) + _augment_checks(cfg.augment) + _model_checks(cfg.model)
                  + _train_checks(cfg.train) + _fewshot_checks(cfg.fewshot)
-                 + [(cfg.demo.n_subjects >= 6, "demo.n_subjects", "must be >= 6")])
+                 + [(cfg.demo.n_subjects >= 6, "demo.n_subjects", "must be >= 6"),
+                    (cfg.demo.seeds >= 1, "demo.seeds", "must be >= 1")])
 
 
 def _get(cfg: Config, dotted: str) -> Any:

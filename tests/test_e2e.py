@@ -63,6 +63,21 @@ def test_summary_has_the_promised_shape(demo_out):
     assert ml["fewshot_model_uri"] == "models:/medcl-fewshot@champion"
 
 
+def test_one_seed_summary_has_the_seeds_block_of_the_unchanged_demo(demo_out):
+    """``demo.seeds`` = 1 (the default): the seeds block repeats the few-shot numbers, sd null."""
+    _, summary = demo_out
+    seeds = summary["seeds"]
+    assert seeds["n"] == 1 and seeds["train_seeds"] == [0] and len(seeds["per_seed"]) == 1
+    entry = seeds["per_seed"][0]
+    for src in ("pretrained", "random_init"):
+        assert entry[src] == {k: {"balanced_accuracy": r["balanced_accuracy"], "ci95": r["ci95"]}
+                              for k, r in summary["fewshot"][src].items()}
+        assert entry["probe"][src]["ci95"] == summary["fewshot_ceiling"][src]["ci95"]
+        assert seeds["mean_sd"][src] == {k: {"mean": r["balanced_accuracy"], "sd": None}
+                                         for k, r in entry[src].items()}
+    assert "seeds" not in summary["timings_seconds"]
+
+
 def test_report_is_self_contained_and_says_simulated(demo_out):
     out, _ = demo_out
     html = (out / "report.html").read_text()

@@ -1,12 +1,24 @@
 """The demo: simulated cohort -> ingest -> SimCLR pretraining -> few-shot evaluation against a
-random-init encoder -> registered models -> report.html and summary.json."""
+random-init encoder -> registered models -> report.html and summary.json.
+
+With ``demo.seeds = n`` (docs/fewshot.md, "Seeds") pretraining runs n times, with ``train.seed``,
+``train.seed + 1``, ...: each its own MLflow run tagged ``medcl.train_seed``. The first seed is
+the demo as with one seed: its encoder alone is registered, and it gets the full few-shot suite,
+the deployable model and the report. Every further seed's encoder and its own random-init
+encoder are scored on the same episodes with the primary head (and the linear probe, when on)
+only; summary.json's ``seeds`` block holds every seed's numbers with their mean and sd.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from medcl import tracking
 from medcl.augment import eval_view, make_pair
@@ -15,15 +27,23 @@ from medcl.data.cohort import Cohort
 from medcl.data.demo import make_demo_sources
 from medcl.data.ingest import ingest
 from medcl.models import build_encoder
-from medcl.fewshot.suite import evaluate_encoders, fit_deployable_head, log_to_mlflow, save_features
-from medcl.pipelines.pretrain import encoder_meta, run_pretrain
+from medcl.fewshot.embed import cohort_views, embed_views
+from medcl.fewshot.suite import (FewShotOutput, evaluate_encoders, evaluate_features, evaluation_cohort,
+                                 fit_deployable_head, log_to_mlflow, save_features)
+from medcl.pipelines.pretrain import PretrainOutput, encoder_meta, run_pretrain
 from medcl.report import DEMO_BANNER, MontageSample
 from medcl.report.content import build_report_data, model_card, summary_block
 from medcl.report.files import log_report_artifacts, write_report, write_summary
 from medcl.serving.inference import load_encoder
 from medcl.serving.registry import alias_new_version, log_fewshot
+from medcl.train.callbacks import StepTiming, format_duration
 
 DEPLOY_SHOTS = 5
+# What follows pretraining, for the expected finish printed after 20 steps: the full few-shot
+# suite of the first seed, its registration and report (about 70 s for configs/demo.yaml on 2 CPU
+# cores, docs/performance.md), and per further seed its embeddings, primary head and probe.
+FEWSHOT_ALLOWANCE_S = 90.0
+SEED_EVAL_ALLOWANCE_S = 10.0
 
 
 def montage_samples(cohort: Cohort, cfg: Config, seed: int = 0) -> list[MontageSample]:
@@ -55,15 +75,18 @@ def run_demo(cfg: Config, out: Path, tracking_uri: str, progress: bool = True) -
     cohort = Cohort.load(out / "cohort")
     timings["ingest"] = time.perf_counter() - t0 - sum(timings.values())
 
-    pre = run_pretrain(cfg, out / "cohort", out, tracking_uri, progress=progress)
+    pres = _pretrain_seeds(cfg, out, tracking_uri, progress)
+    pre = pres[0]
     timings["pretrain"] = time.perf_counter() - t0 - sum(timings.values())
 
     meta = encoder_meta(cfg)
     pretrained = load_encoder(pre.result.encoder_path, meta)
-    random_init = build_encoder(cfg.model.arch, cfg.model.conv1_t_stride, cfg.model.widen_factor, seed=cfg.train.seed).eval()
-    fs = evaluate_encoders(cfg, cohort, {"pretrained": pretrained, "random_init": random_init})
+    fs = evaluate_encoders(cfg, cohort, {"pretrained": pretrained, "random_init": random_init_encoder(cfg)})
     save_features(fs, out / "features.npz")
     timings["fewshot"] = time.perf_counter() - t0 - sum(timings.values())
+    per_seed = [seed_entry(cfg, cfg.train.seed, fs)] + _further_seeds(cfg, cohort, pres[1:])
+    if len(pres) > 1:
+        timings["seeds"] = time.perf_counter() - t0 - sum(timings.values())
 
     tracking.setup(tracking_uri, f"{cfg.tracking.experiment}-fewshot", out)
     lineage = {"medcl.pretrain_run_id": pre.run_id or "", "medcl.encoder_uri": pre.encoder_uri or "",
@@ -75,6 +98,9 @@ def run_demo(cfg: Config, out: Path, tracking_uri: str, progress: bool = True) -
         tracking.log_fewshot_evaluation({src: {cfg.fewshot.primary_head: heads[cfg.fewshot.primary_head]}
                                          for src, heads in fs.results.items() if cfg.fewshot.primary_head in heads},
                                         {"n_query": cfg.fewshot.n_query, "seed": cfg.fewshot.seed})
+        seeds = seeds_block(cfg, per_seed)
+        if len(pres) > 1:
+            _log_seeds(seeds, pres)
         alias = _register_fewshot_model(cfg, pretrained, meta, cohort, fs, pre, run, lineage)
         t_report = time.perf_counter()
         paths = write_report(_report_data(cfg, fs, cohort, res, pre, alias), out, cfg.fewshot.pdf)
@@ -82,6 +108,7 @@ def run_demo(cfg: Config, out: Path, tracking_uri: str, progress: bool = True) -
         log_report_artifacts(paths)
     timings["register"] = time.perf_counter() - t0 - sum(timings.values())
     summary = _summary(cfg, cohort, res, fs, pre, paths)
+    summary["seeds"] = seeds
     summary["mlflow"] = {"tracking_uri": tracking_uri, "pretrain_run_id": pre.run_id,
                          "fewshot_run_id": run.run_id, "encoder_model_uri": pre.encoder_uri,
                          "fewshot_model_uri": f"models:/{cfg.tracking.fewshot_model_name}@{alias}"}
@@ -89,6 +116,114 @@ def run_demo(cfg: Config, out: Path, tracking_uri: str, progress: bool = True) -
     summary["fewshot_timings_seconds"] = fs.timings
     write_summary(out / "summary.json", summary)
     return summary
+
+
+def seed_config(cfg: Config, offset: int) -> Config:
+    """``cfg`` with ``train.seed + offset``."""
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=cfg.train.seed + offset))
+
+
+def random_init_encoder(cfg: Config):
+    """The untrained encoder of ``cfg``'s architecture, initialised from ``train.seed``."""
+    m = cfg.model
+    return build_encoder(m.arch, m.conv1_t_stride, m.widen_factor, seed=cfg.train.seed).eval()
+
+
+def _pretrain_seeds(cfg: Config, out: Path, tracking_uri: str, progress: bool) -> list[PretrainOutput]:
+    """Pretraining with each of the ``demo.seeds`` seeds; only the first registers its encoder and
+    writes to ``OUT/pretrain`` (the others to ``OUT/pretrain_seed<train.seed>``)."""
+    clock = DemoClock(cfg.demo.seeds, progress)
+    pres = []
+    for i in range(cfg.demo.seeds):
+        c = seed_config(cfg, i)
+        pres.append(run_pretrain(c, out / "cohort", out, tracking_uri, progress=progress, register=i == 0,
+                                 subdir="pretrain" if i == 0 else f"pretrain_seed{c.train.seed}",
+                                 on_timing=partial(clock.estimate, i)))
+    return pres
+
+
+class DemoClock:
+    """The demo's expected finish, printed (with ``show``) when a seed's pretraining has measured
+    its pace: the steps left of every seed at that pace, plus FEWSHOT_ALLOWANCE_S and
+    SEED_EVAL_ALLOWANCE_S per further seed for what follows pretraining."""
+
+    def __init__(self, n_seeds: int, show: bool):
+        self.n, self.show = n_seeds, show
+        self.finish: datetime | None = None
+
+    def estimate(self, index: int, timing: StepTiming) -> None:
+        steps = timing.steps_left + (self.n - 1 - index) * timing.total_steps
+        after = FEWSHOT_ALLOWANCE_S + (self.n - 1) * SEED_EVAL_ALLOWANCE_S
+        left = steps * timing.s_per_step + after
+        self.finish = datetime.now() + timedelta(seconds=left)
+        if self.show:
+            tqdm.write(f"demo: expected to finish at {self.finish:%H:%M:%S} (in {format_duration(left)}): "
+                       f"{steps} pretraining steps to go over {self.n - index} seed(s) at "
+                       f"{timing.s_per_step:.2f} s/step, and about {format_duration(after)} for the few-shot "
+                       f"evaluation, registration and report")
+
+
+def _further_seeds(cfg: Config, cohort: Cohort, pres: list[PretrainOutput]) -> list[dict]:
+    """The ``seeds.per_seed`` entries of the seeds after the first: each pretrained encoder and
+    its own random-init encoder on the evaluation views, primary head (and probe) only."""
+    if not pres:
+        return []
+    eval_set = evaluation_cohort(cohort)
+    views = cohort_views(eval_set, cfg.augment.view_size)
+    entries = []
+    for i, pre in enumerate(pres, start=1):
+        c = seed_config(cfg, i)
+        features = {"pretrained": embed_views(load_encoder(pre.result.encoder_path, encoder_meta(c)), views),
+                    "random_init": embed_views(random_init_encoder(c), views)}
+        entries.append(seed_entry(c, c.train.seed, primary_only(c, features, eval_set.labels, eval_set.subjects)))
+    return entries
+
+
+def primary_only(cfg: Config, features: dict, labels, subjects) -> FewShotOutput:
+    """``features`` scored with the primary head alone (and the probe, when ``fewshot.probe``):
+    the same episodes, and so the same numbers for that head, as in the full suite."""
+    f = dataclasses.replace(cfg.fewshot, heads=(cfg.fewshot.primary_head,), baselines=(), budget_method="none",
+                            embedding_map="none")
+    return evaluate_features(dataclasses.replace(cfg, fewshot=f), features, labels, subjects)
+
+
+def seed_entry(cfg: Config, train_seed: int, fs: FewShotOutput) -> dict:
+    """One seed's ``seeds.per_seed`` entry: balanced accuracy and its CI per K (primary head) of
+    the pretrained and the random-init encoder, and their linear probe when computed."""
+    def pick(r: dict) -> dict:
+        return {"balanced_accuracy": r["balanced_accuracy"], "ci95": r["ci95"]}
+
+    h = cfg.fewshot.primary_head
+    entry: dict = {"train_seed": train_seed}
+    for src in ("pretrained", "random_init"):
+        entry[src] = {k: pick(r) for k, r in fs.results[src][h].items()}
+    probe = {src: pick(fs.ceiling[src]) for src in ("pretrained", "random_init") if src in fs.ceiling}
+    if probe:
+        entry["probe"] = probe
+    return entry
+
+
+def seeds_block(cfg: Config, per_seed: list[dict]) -> dict:
+    """summary.json's ``seeds``: the per-seed entries, and per source and K the mean and sd
+    (ddof = 1; None with one seed) of the balanced accuracy over the seeds."""
+    mean_sd: dict = {}
+    for src in ("pretrained", "random_init"):
+        mean_sd[src] = {}
+        for k in per_seed[0][src]:
+            v = np.array([e[src][k]["balanced_accuracy"] for e in per_seed], dtype=float)
+            mean_sd[src][k] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else None}
+    return {"n": len(per_seed), "train_seeds": [e["train_seed"] for e in per_seed], "per_seed": per_seed,
+            "mean_sd": mean_sd}
+
+
+def _log_seeds(seeds: dict, pres: list[PretrainOutput]) -> None:
+    """The seeds block, with the pretraining run of each seed, on the few-shot run; the mean and
+    sd as metrics ``seeds.SOURCE.balanced_accuracy.mean|sd`` at step K."""
+    tracking.log_dict({**seeds, "pretrain_run_ids": [p.run_id for p in pres]}, "seeds.json")
+    for src, by_k in seeds["mean_sd"].items():
+        for k, r in by_k.items():
+            tracking.log_metrics({f"seeds.{src}.balanced_accuracy.mean": r["mean"],
+                                  f"seeds.{src}.balanced_accuracy.sd": r["sd"]}, int(k))
 
 
 def _register_fewshot_model(cfg: Config, pretrained, meta: dict, cohort: Cohort, fs, pre, run, lineage: dict) -> str:

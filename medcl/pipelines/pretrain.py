@@ -6,6 +6,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 import yaml
@@ -18,6 +19,7 @@ from medcl.serving.inference import load_encoder
 from medcl.serving.registry import alias_new_version, log_encoder
 from medcl.tracking import RunHandle
 from medcl.train import PretrainResult, pretrain
+from medcl.train.callbacks import StepTiming
 from medcl.train.state import read_run_id
 
 
@@ -49,26 +51,31 @@ def _continued_run(run_id: str, name: str):
 
 
 def run_pretrain(cfg: Config, cohort_dir: Path, out_dir: Path, tracking_uri: str, progress: bool = True,
-                 register: bool = True, resume: bool = False) -> PretrainOutput:
-    """Pretrain on ``cohort_dir``'s train split, log to MLflow at ``tracking_uri``, register the encoder. With
-    ``resume``, continue from ``out_dir/pretrain/checkpoints/last.pt`` and its MLflow run.
-    Under torchrun only rank 0 talks to MLflow; the other ranks train and return no run."""
+                 register: bool = True, resume: bool = False, subdir: str = "pretrain",
+                 on_timing: Callable[[StepTiming], None] | None = None) -> PretrainOutput:
+    """Pretrain on ``cohort_dir``'s train split, log to MLflow at ``tracking_uri`` (a run tagged
+    ``medcl.train_seed``), register the encoder. Files go to ``out_dir/subdir``. With ``resume``,
+    continue from ``out_dir/subdir/checkpoints/last.pt`` and its MLflow run. ``on_timing``: see
+    :func:`medcl.train.pretrain`. Under torchrun only rank 0 talks to MLflow; the other ranks
+    train and return no run."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / subdir
     cohort = pretrain_cohort(Cohort.load(cohort_dir))
     if not is_main_process():
-        result = pretrain(cfg, cohort, out_dir / "pretrain", progress=False, resume=resume)
+        result = pretrain(cfg, cohort, work, progress=False, resume=resume)
         return PretrainOutput(None, result, None)
-    resume_id = read_run_id(out_dir / "pretrain" / "checkpoints" / "last.pt") if resume else ""
+    resume_id = read_run_id(work / "checkpoints" / "last.pt") if resume else ""
     tracking.setup(tracking_uri, f"{cfg.tracking.experiment}-pretrain", out_dir)
     cfg_dict = config_to_dict(cfg)
     name = f"pretrain-{cfg.train.method}"
     with (_continued_run(resume_id, name) if resume_id else
-          tracking.start_run(name, tags={"medcl.stage": "pretrain", "medcl.cohort.scans": str(len(cohort))})) as run:
+          tracking.start_run(name, tags={"medcl.stage": "pretrain", "medcl.cohort.scans": str(len(cohort)),
+                                         "medcl.train_seed": str(cfg.train.seed)})) as run:
         if not resume_id:
             tracking.log_params(flatten({k: cfg_dict[k] for k in ("data", "augment", "model", "train")}))
             tracking.log_dict(cfg_dict, "config.yaml")
-        result = pretrain(cfg, cohort, out_dir / "pretrain", progress=progress, resume=resume, run_id=run.run_id)
+        result = pretrain(cfg, cohort, work, progress=progress, resume=resume, run_id=run.run_id, on_timing=on_timing)
         tracking.log_metrics({"pretrain_seconds": result.seconds, "final_loss": result.losses[-1]}, result.steps)
         tracking.log_artifact(result.checkpoint_path, "checkpoints")
         uri = None
@@ -83,6 +90,6 @@ def run_pretrain(cfg: Config, cohort_dir: Path, out_dir: Path, tracking_uri: str
                 uri = f"models:/{name}/{info.registered_model_version}"
                 alias_new_version(name, info.registered_model_version, cfg.tracking.alias)
                 tracking.set_tags({"medcl.encoder_uri": uri})
-        (out_dir / "pretrain" / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
-        (out_dir / "pretrain" / "run.json").write_text(json.dumps({"run_id": run.run_id, "encoder_uri": uri}))
+        (work / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+        (work / "run.json").write_text(json.dumps({"run_id": run.run_id, "encoder_uri": uri}))
     return PretrainOutput(run.run_id, result, uri)

@@ -17,8 +17,10 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from tqdm import tqdm
@@ -69,20 +71,71 @@ class Callbacks(Callback):
             c.on_train_end(state)
 
 
-class ProgressLog(Callback):
-    """Every step's scalars to the active MLflow run (at the step's index) and a progress bar."""
+WARMUP_STEPS = 2      # steps left out of the measured pace (first-batch set-up, allocator, caches)
+TIMED_STEPS = 20      # the pace is reported after this many steps of a run (or of its resumed part)
 
-    def __init__(self, total_steps: int, desc: str, show_bar: bool):
-        self.total, self.desc, self.show_bar = total_steps, desc, show_bar
+
+def format_duration(seconds: float) -> str:
+    """``1 h 02 min``, ``17 min 53 s`` or ``12 s``."""
+    s = max(0, int(round(seconds)))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """A run's measured pace: wall seconds per step over steps ``first``..``last`` (1-based, of
+    the whole run), and the expected finish of its ``steps_left`` steps at that pace."""
+    s_per_step: float
+    first: int
+    last: int
+    steps_left: int
+    total_steps: int
+    finish: datetime
+
+    def line(self, desc: str) -> str:
+        return (f"{desc}: {self.s_per_step:.2f} s/step over steps {self.first}-{self.last} (after a "
+                f"{WARMUP_STEPS}-step warm-up); {self.steps_left} steps to go, expected to finish at "
+                f"{self.finish:%H:%M:%S} (in {format_duration(self.steps_left * self.s_per_step)})")
+
+
+class ProgressLog(Callback):
+    """Every step's scalars to the active MLflow run (at the step's index) and a progress bar;
+    after the TIMED_STEPS-th step of this process, the measured pace (warm-up steps left out):
+    one printed line (with the bar), ``pretrain/s_per_step`` in MLflow, and ``on_timing``
+    called with the :class:`StepTiming`."""
+
+    def __init__(self, total_steps: int, desc: str, show_bar: bool,
+                 on_timing: Callable[[StepTiming], None] | None = None):
+        self.total, self.desc, self.show_bar, self.on_timing = total_steps, desc, show_bar, on_timing
         self.bar: tqdm | None = None
+        self.done, self.warm_end = 0, 0.0
 
     def on_train_start(self, state: TrainState) -> None:
         self.bar = tqdm(total=self.total, initial=state.step, desc=self.desc, unit="step", disable=not self.show_bar)
+        self.done = 0
 
     def on_step_end(self, state: TrainState, logs: dict[str, float]) -> None:
         log_metrics(logs, state.step - 1)
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{logs['loss']:.3f}", epoch=state.epoch)
+        self.done += 1
+        if self.done == WARMUP_STEPS:
+            self.warm_end = time.perf_counter()
+        elif self.done == TIMED_STEPS:
+            self._pace(state)
+
+    def _pace(self, state: TrainState) -> None:
+        pace = (time.perf_counter() - self.warm_end) / (TIMED_STEPS - WARMUP_STEPS)
+        left = self.total - state.step
+        timing = StepTiming(pace, state.step - TIMED_STEPS + WARMUP_STEPS + 1, state.step, left, self.total,
+                            datetime.now() + timedelta(seconds=left * pace))
+        log_metrics({"pretrain/s_per_step": pace}, state.step - 1)
+        if self.show_bar:
+            tqdm.write(timing.line(self.desc))
+        if self.on_timing is not None:
+            self.on_timing(timing)
 
     def on_train_end(self, state: TrainState) -> None:
         self.bar.close()

@@ -18,7 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ from medcl.config import Config, ConfigError, TrainConfig, config_to_dict
 from medcl.data.cohort import Cohort
 from medcl.ssl import build_method
 from medcl.train.callbacks import (Callback, Callbacks, Checkpointer, CollapseWarning, DebugPause, KnnEvaluation,
-                                   ProgressLog)
+                                   ProgressLog, StepTiming)
 from medcl.train.checkpoint import save_atomic
 from medcl.train.data import make_pair_source
 from medcl.train.health import KnnProbe
@@ -65,22 +65,23 @@ class Plan:
 
 
 def pretrain(cfg: Config, cohort: Cohort, out_dir: Path, progress: bool = True, resume: bool = False,
-             run_id: str | None = None) -> PretrainResult:
+             run_id: str | None = None, on_timing: Callable[[StepTiming], None] | None = None) -> PretrainResult:
     """Pretrain ``cfg.train.method`` on ``cohort``; metrics go to the active MLflow run, if any.
 
     Under torchrun every rank calls this; rank 0 alone logs and writes files. ``resume``
     continues from ``out_dir/checkpoints/last.pt``; ``run_id`` (the active MLflow run) is stored
-    in every checkpoint so that ``medcl pretrain --resume`` can continue the same run.
+    in every checkpoint so that ``medcl pretrain --resume`` can continue the same run. Rank 0
+    prints the measured pace after 20 steps (with ``progress``) and passes it to ``on_timing``.
     """
     info = dist.setup(cfg.train.device, cfg.train.ddp_backend)
     try:
-        return _pretrain(cfg, cohort, Path(out_dir), progress, resume, run_id, info)
+        return _pretrain(cfg, cohort, Path(out_dir), progress, resume, run_id, info, on_timing)
     finally:
         dist.teardown(info)
 
 
 def _pretrain(cfg: Config, cohort: Cohort, out_dir: Path, progress: bool, resume: bool, run_id: str | None,
-              info: dist.DistInfo) -> PretrainResult:
+              info: dist.DistInfo, on_timing: Callable[[StepTiming], None] | None = None) -> PretrainResult:
     """Build the method and the pair source, then the state (restored on ``resume``) and the
     callbacks, in the order that keeps a resumed run bit-identical (see :mod:`medcl.train.state`)."""
     t = cfg.train
@@ -102,7 +103,7 @@ def _pretrain(cfg: Config, cohort: Cohort, out_dir: Path, progress: bool, resume
         ckpt_path = out_dir / "checkpoints" / "last.pt"
         if resume:
             state.resume(ckpt_path)
-        callbacks = _callbacks(cfg, cohort, out_dir, ckpt_path, plan, progress, info)
+        callbacks = _callbacks(cfg, cohort, out_dir, ckpt_path, plan, progress, info, on_timing)
         return _train(model, state, source, callbacks, cfg, plan, precision, info, out_dir, len(cohort))
     finally:
         source.close()
@@ -127,13 +128,13 @@ def _new_state(method: nn.Module, cfg: Config, plan: Plan, precision: Precision,
 
 
 def _callbacks(cfg: Config, cohort: Cohort, out_dir: Path, ckpt_path: Path, plan: Plan, progress: bool,
-               info: dist.DistInfo) -> Callback:
+               info: dist.DistInfo, on_timing: Callable[[StepTiming], None] | None = None) -> Callback:
     """Rank 0's callbacks (the other ranks only train), in the order they run at each hook."""
     t = cfg.train
     if not info.main:
         return Callbacks([])
     pause = DebugPause(out_dir)
-    callbacks = [ProgressLog(plan.total_steps, f"pretrain {t.method}", progress),
+    callbacks = [ProgressLog(plan.total_steps, f"pretrain {t.method}", progress, on_timing),
                  CollapseWarning(t.method, t.collapse_threshold), pause]
     if t.knn_every_epochs:
         probe = KnnProbe(cohort, cfg.augment.view_size, t.knn_k)
