@@ -73,6 +73,59 @@ def _nll(eta, Yk, w):
     return (w * (_lse0(eta) - (eta * Yk).sum(-1))).sum(-1)
 
 
+def _penalty(th, M, pen_mask):
+    """``||W||^2`` of parameters ``th`` ``(..., p+1, k)`` (the intercept row is not penalised)."""
+    th = th * pen_mask[:, None]
+    return ((th @ M) * th).sum((-1, -2))
+
+
+def _newton_direction(Za, th, wa, iC, Ya, M, pen_mask, ridge):
+    """Gradient (of objective / C), Newton step and Cholesky status of ``b`` problems; the
+    Hessian is built block by block over pairs of classes, class-major ``(b, k p1, k p1)``."""
+    b, _, p1 = Za.shape
+    k = Ya.shape[-1]
+    eta = Za @ th
+    Pk = torch.exp(eta - _lse0(eta)[..., None])                        # probabilities of classes 1..k
+    grad = Za.transpose(1, 2) @ ((Pk - Ya) * wa[..., None]) + iC[:, None, None] * ((th * pen_mask[:, None]) @ M)
+    A = (torch.diag_embed(Pk) - Pk[..., :, None] * Pk[..., None, :]) * wa[..., None, None]  # (b, n, k, k)
+    blocks = {(a, c): (Za * A[..., a, c, None]).transpose(1, 2) @ Za for a in range(k) for c in range(a, k)}
+    H = torch.cat([torch.cat([blocks[min(a, c), max(a, c)] for c in range(k)], -1) for a in range(k)], -2)
+    H = H + iC[:, None, None] * ridge
+    g = grad.transpose(1, 2).reshape(b, k * p1)
+    L, info = torch.linalg.cholesky_ex(H)
+    step = torch.cholesky_solve(g[..., None], L).squeeze(-1).reshape(b, k, p1).transpose(1, 2)
+    return eta, grad, step, info
+
+
+def _line_search(f0, eta, Za, th, step, grad, Ya, wa, iC, M, pen_mask):
+    """Backtracking (Armijo) over the fixed ladder ``STEPS``, all problems at once: logits are
+    linear and the penalty quadratic in the step size t. The full step is tried first.
+    Returns the new objective values and the step sizes taken (0: no decrease found)."""
+    b = len(th)
+    deta = Za @ step
+    p0, pd = th * pen_mask[:, None], step * pen_mask[:, None]
+    pen0, cross, pen1 = _penalty(th, M, pen_mask), ((p0 @ M) * pd).sum((-1, -2)), _penalty(step, M, pen_mask)
+    decrease = (grad * step).sum((1, 2))
+
+    def objective(t, rows):
+        pen_t = pen0[rows, None] - 2 * t * cross[rows, None] + t ** 2 * pen1[rows, None]
+        eta_t = eta[rows, None] - t[..., None, None] * deta[rows, None]       # (r, S, n, k)
+        return _nll(eta_t, Ya[rows, None], wa[rows, None]) + 0.5 * iC[rows, None] * pen_t
+
+    rows = torch.arange(b)
+    f_new = objective(STEPS[None, :1], rows)[:, 0]
+    t_new = torch.ones(b, dtype=torch.float64)
+    bad = ~(f_new <= f0 - 1e-4 * decrease)
+    if bad.any():
+        r = rows[bad]
+        fc = objective(STEPS[None, 1:], r)
+        ok = fc <= f0[r, None] - 1e-4 * STEPS[None, 1:] * decrease[r, None]
+        ok[:, -1] = True
+        pick = ok.float().argmax(1)
+        f_new[r], t_new[r] = fc[torch.arange(len(r)), pick], STEPS[1:][pick]
+    return f_new, t_new
+
+
 def _solve(Z1, y, n_classes, C, w, max_iter, tol, init=None):
     """Damped Newton for ``B`` problems at once; converged problems leave the batch."""
     B, n, p1 = Z1.shape
@@ -84,53 +137,16 @@ def _solve(Z1, y, n_classes, C, w, max_iter, tol, init=None):
     pen_mask[-1] = 0.0                                                    # the intercept is free
     theta = torch.zeros(B, p1, k, dtype=torch.float64) if init is None else init.clone()
     ridge = torch.kron(M, torch.diag(pen_mask)) + 1e-10 * torch.eye(p1 * k, dtype=torch.float64)
-
-    def penalty(th):
-        th = th * pen_mask[:, None]
-        return ((th @ M) * th).sum((-1, -2))
-
-    f = _nll(Z1 @ theta, Yk, w) + 0.5 * inv_C * penalty(theta)           # objective / C
+    f = _nll(Z1 @ theta, Yk, w) + 0.5 * inv_C * _penalty(theta, M, pen_mask)   # objective / C
     active = torch.ones(B, dtype=torch.bool)
     for _ in range(max_iter):
         idx = active.nonzero().squeeze(1)
-        b = len(idx)
-        if b == 0:
+        if len(idx) == 0:
             break
         Za, th, wa, iC, Ya = Z1[idx], theta[idx], w[idx], inv_C[idx], Yk[idx]
-        eta = Za @ th
-        Pk = torch.exp(eta - _lse0(eta)[..., None])                        # probabilities of classes 1..k
-        grad = Za.transpose(1, 2) @ ((Pk - Ya) * wa[..., None]) + iC[:, None, None] * ((th * pen_mask[:, None]) @ M)
+        eta, grad, step, info = _newton_direction(Za, th, wa, iC, Ya, M, pen_mask, ridge)
         done = grad.abs().amax((1, 2)) < tol * (1.0 + wa.sum(-1))
-        A = (torch.diag_embed(Pk) - Pk[..., :, None] * Pk[..., None, :]) * wa[..., None, None]  # (b, n, k, k)
-        blocks = {(a, c): (Za * A[..., a, c, None]).transpose(1, 2) @ Za for a in range(k) for c in range(a, k)}
-        H = torch.cat([torch.cat([blocks[min(a, c), max(a, c)] for c in range(k)], -1) for a in range(k)], -2)
-        H = H + iC[:, None, None] * ridge                                     # (b, k p1, k p1), class-major
-        g = grad.transpose(1, 2).reshape(b, k * p1)
-        L, info = torch.linalg.cholesky_ex(H)
-        step = torch.cholesky_solve(g[..., None], L).squeeze(-1).reshape(b, k, p1).transpose(1, 2)
-        # backtracking (Armijo) over a fixed ladder of step sizes, all problems at once: logits
-        # are linear and the penalty quadratic in the step size t. The full step is tried first.
-        deta = Za @ step
-        p0, pd = th * pen_mask[:, None], step * pen_mask[:, None]
-        pen0, cross, pen1 = penalty(th), ((p0 @ M) * pd).sum((-1, -2)), penalty(step)
-        decrease = (grad * step).sum((1, 2))
-
-        def objective(t, rows):
-            pen_t = pen0[rows, None] - 2 * t * cross[rows, None] + t ** 2 * pen1[rows, None]
-            eta_t = eta[rows, None] - t[..., None, None] * deta[rows, None]       # (r, S, n, k)
-            return _nll(eta_t, Ya[rows, None], wa[rows, None]) + 0.5 * iC[rows, None] * pen_t
-
-        rows = torch.arange(b)
-        f_new = objective(STEPS[None, :1], rows)[:, 0]
-        t_new = torch.ones(b, dtype=torch.float64)
-        bad = ~(f_new <= f[idx] - 1e-4 * decrease)
-        if bad.any():
-            r = rows[bad]
-            fc = objective(STEPS[None, 1:], r)
-            ok = fc <= f[idx][r, None] - 1e-4 * STEPS[None, 1:] * decrease[r, None]
-            ok[:, -1] = True
-            pick = ok.float().argmax(1)
-            f_new[r], t_new[r] = fc[torch.arange(len(r)), pick], STEPS[1:][pick]
+        f_new, t_new = _line_search(f[idx], eta, Za, th, step, grad, Ya, wa, iC, M, pen_mask)
         theta[idx] = th - t_new[:, None, None] * step
         f[idx] = f_new
         active[idx[done | (t_new == 0) | (info != 0)]] = False
