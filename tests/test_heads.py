@@ -322,3 +322,53 @@ def test_batched_heads_equal_the_per_episode_heads(head):
         assert proba[e, : len(q)].sum(1) == pytest.approx(1.0)
         others = np.setdiff1d(np.arange(4), batch.classes[e])
         assert (proba[e][:, others] == 0).all() and (proba[e, len(q):] == 0).all()
+
+
+@pytest.mark.parametrize("n_way,k_shot", [(2, 3), (3, 1), (2, 1), (3, 2)])
+def test_logreg_episodes_choose_C_and_probabilities_as_sklearn(n_way, k_shot):
+    """The vectorised head on 2- and 3-class episodes, K = 1 (no LOSO: ``C``) and K >= 2 (C by
+    leave-one-subject-out log-loss, every fold and C fitted by scikit-learn solved tightly)."""
+    from sklearn.model_selection import LeaveOneGroupOut
+    from medcl.fewshot.batched import predict_logreg
+    from medcl.fewshot.ops import l2_normalise
+
+    rng = np.random.default_rng(n_way * 10 + k_shot)
+    labels = np.repeat(np.array(["a", "b", "c"][:n_way]), 8)
+    subjects = np.arange(len(labels))
+    X = rng.normal(size=(len(labels), 6)) + 1.2 * np.eye(n_way, 6)[np.unique(labels, return_inverse=True)[1]]
+    batch = sample_episode_batch(labels, subjects, k_shot, 3, 6, seed=2)
+    Cs = (0.1, 1.0, 10.0)
+    proba, chosen = predict_logreg(X, batch, subjects, Cs, 2.0, return_C=True)
+    tight = dict(tol=1e-10, max_iter=10_000)
+    for e in range(batch.n_episodes):
+        s, q = batch.support[e], batch.query[e][batch.query[e] >= 0]
+        Z = l2_normalise(X[s] - X[s].mean(0))
+        C = 2.0
+        if k_shot >= 2:
+            loss = []
+            for c in Cs:
+                nll = [-np.log(LogisticRegression(C=c, **tight).fit(Z[tr], labels[s][tr]).predict_proba(Z[te])[0, np.searchsorted(np.unique(labels[s][tr]), labels[s][te][0])])
+                       for tr, te in LeaveOneGroupOut().split(Z, groups=subjects[s])]
+                loss.append(np.mean(nll))
+            C = Cs[int(np.argmin(loss))]
+        assert chosen[e] == C
+        ref = LogisticRegression(C=C, **tight).fit(Z, labels[s])
+        cols = np.searchsorted(batch.class_names, ref.classes_)
+        np.testing.assert_allclose(proba[e, : len(q)][:, cols], ref.predict_proba(l2_normalise(X[q] - X[s].mean(0))),
+                                   atol=1e-4)
+
+
+def test_loso_fit_folds_with_padding_and_a_class_with_one_subject():
+    from medcl.fewshot.logistic import loso_fit
+
+    rng = np.random.default_rng(0)
+    Z, y = rng.normal(size=(2, 8, 3)), np.tile([0, 0, 1, 1, 0, 1, 0, 1], (2, 1))
+    groups, weight = np.tile(np.arange(8), (2, 1)), np.ones((2, 8))
+    weight[1, 4:] = 0                                   # problem 1: 4 real rows, 4 padding rows
+    best, loss, _, _ = loso_fit(Z, y, groups, 2, (0.5, 5.0), weight)
+    alone = loso_fit(Z[1:, :4], y[1:, :4], groups[1:, :4], 2, (0.5, 5.0))
+    assert best[1] == alone[0][0] and loss[1] == pytest.approx(alone[1][0], abs=1e-8)
+    groups[0, :2] = 7                                   # problem 0: class 0 from subjects 7, 4, 6 ...
+    groups[0, [4, 6]] = 7                               # ... all subject 7: a single subject
+    with pytest.raises(ValueError, match="problem 0: some class has a single subject"):
+        loso_fit(Z, y, groups, 2, (0.5, 5.0), weight)

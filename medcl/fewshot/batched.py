@@ -35,7 +35,7 @@ import numpy as np
 
 from medcl.fewshot.episodes import EpisodeBatch, sample_episode_batch  # noqa: F401  (doctest)
 from medcl.fewshot.ops import softmax
-from medcl.fewshot.logistic import fit_logistic, logits, loso_fit
+from medcl.fewshot.logistic import fit_logistic, logits, loso_fit, one_thread
 
 __all__ = ["predict_prototype", "predict_knn", "predict_logreg", "gram", "episode_blocks"]
 
@@ -137,20 +137,25 @@ def predict_logreg(features, batch: EpisodeBatch, subjects: np.ndarray, Cs=(0.1,
     coordinates in the span of the episode's support (exact for the L2-penalised solution)."""
     subjects = np.asarray(subjects)
     G = gram(features) if G is None else G
-    e = batch.n_episodes
-    gss, gqs, _ = episode_blocks(G, batch.support, batch.query, centre, True)
+    with one_thread():              # tiny batched problems: see medcl.fewshot.logistic.one_thread
+        zs, zq = _span(*episode_blocks(G, batch.support, batch.query, centre, True)[:2])
+        y = np.broadcast_to(np.repeat(np.arange(batch.n_way), batch.k_shot), batch.support.shape)
+        if batch.k_shot >= 2 and len(Cs) > 1:
+            groups = np.unique(subjects, return_inverse=True)[1][batch.support]
+            chosen, _, coef, intercept = loso_fit(zs, y, groups, batch.n_way, Cs)
+        else:
+            chosen = np.full(batch.n_episodes, float(C if batch.k_shot < 2 or not len(Cs) else Cs[0]))
+            coef, intercept = fit_logistic(zs, y, batch.n_way, chosen)
+        proba = _scatter(batch, softmax(logits(zq, coef, intercept)), slice(0, batch.n_episodes))
+    return (proba, chosen) if return_C else proba
+
+
+def _span(gss: np.ndarray, gqs: np.ndarray):
+    """Coordinates ``(E, S, r)`` of the support and ``(E, Q, r)`` of the query features in an
+    orthonormal basis of each episode's support span, from their Gram blocks alone."""
     lam, vec = np.linalg.eigh(gss)
     keep = lam > 1e-10 * np.maximum(lam.max(-1, keepdims=True), 1e-300)
     scale = np.where(keep, 1.0 / np.sqrt(np.where(keep, lam, 1.0)), 0.0)
     cols = keep.any(0)                                                       # drop the common null space
     zs = (vec * (lam * keep)[:, None, :] * scale[:, None, :])[..., cols]     # (E, S, r) = V sqrt(lam)
-    zq = gqs @ (vec * scale[:, None, :])[..., cols]                          # (E, Q, r)
-    y = np.broadcast_to(np.repeat(np.arange(batch.n_way), batch.k_shot), batch.support.shape)
-    if batch.k_shot >= 2 and len(Cs) > 1:
-        groups = np.unique(subjects, return_inverse=True)[1][batch.support]
-        chosen, _, coef, intercept = loso_fit(zs, y, groups, batch.n_way, Cs)
-    else:
-        chosen = np.full(e, float(C if batch.k_shot < 2 or not len(Cs) else Cs[0]))
-        coef, intercept = fit_logistic(zs, y, batch.n_way, chosen)
-    proba = _scatter(batch, softmax(logits(zq, coef, intercept)), slice(0, e))
-    return (proba, chosen) if return_C else proba
+    return zs, gqs @ (vec * scale[:, None, :])[..., cols]

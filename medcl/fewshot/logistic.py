@@ -25,15 +25,33 @@ Example::
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
-__all__ = ["fit_logistic", "logits", "loso_select_C", "loso_fit", "span_coordinates", "loso_feasible"]
+__all__ = ["fit_logistic", "logits", "loso_select_C", "loso_fit", "span_coordinates", "loso_feasible", "one_thread"]
 
 STEPS = torch.tensor([1.0, 0.3, 0.05, 0.005, 0.0], dtype=torch.float64)  # backtracking line search ladder
 FOLD_TOL = 1e-6  # gradient tolerance of the fold fits: enough to rank the values of C
 FOLD_MAX_ITER = 5  # Newton steps of a fold fit from the fit on all samples (most stop earlier, at FOLD_TOL)
 CHUNK = 2048  # problems solved together (bounds memory: CHUNK x params^2 doubles)
+
+
+@contextmanager
+def one_thread():
+    """Run torch and the BLAS/OpenMP pools on one thread: the problems here are tiny (a few
+    dozen rows), so a second thread only adds synchronisation, and on a machine loaded by other
+    jobs the waiting dominates (2 shared cores, load 7: the LOSO fits of 30 episodes of 3-way
+    10-shot took 17 s on 2 threads, 2.6 s on one; a batched 30 x 30 ``eigh`` 0.7 s against 2 ms)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def span_coordinates(train: np.ndarray, test: np.ndarray | None = None, rtol: float = 1e-10):
@@ -73,6 +91,59 @@ def _nll(eta, Yk, w):
     return (w * (_lse0(eta) - (eta * Yk).sum(-1))).sum(-1)
 
 
+def _penalty(th, M, pen_mask):
+    """``||W||^2`` of parameters ``th`` ``(..., p+1, k)`` (the intercept row is not penalised)."""
+    th = th * pen_mask[:, None]
+    return ((th @ M) * th).sum((-1, -2))
+
+
+def _newton_direction(Za, th, wa, iC, Ya, M, pen_mask, ridge):
+    """Gradient (of objective / C), Newton step and Cholesky status of ``b`` problems; the
+    Hessian is built block by block over pairs of classes, class-major ``(b, k p1, k p1)``."""
+    b, _, p1 = Za.shape
+    k = Ya.shape[-1]
+    eta = Za @ th
+    Pk = torch.exp(eta - _lse0(eta)[..., None])                        # probabilities of classes 1..k
+    grad = Za.transpose(1, 2) @ ((Pk - Ya) * wa[..., None]) + iC[:, None, None] * ((th * pen_mask[:, None]) @ M)
+    A = (torch.diag_embed(Pk) - Pk[..., :, None] * Pk[..., None, :]) * wa[..., None, None]  # (b, n, k, k)
+    blocks = {(a, c): (Za * A[..., a, c, None]).transpose(1, 2) @ Za for a in range(k) for c in range(a, k)}
+    H = torch.cat([torch.cat([blocks[min(a, c), max(a, c)] for c in range(k)], -1) for a in range(k)], -2)
+    H = H + iC[:, None, None] * ridge
+    g = grad.transpose(1, 2).reshape(b, k * p1)
+    L, info = torch.linalg.cholesky_ex(H)
+    step = torch.cholesky_solve(g[..., None], L).squeeze(-1).reshape(b, k, p1).transpose(1, 2)
+    return eta, grad, step, info
+
+
+def _line_search(f0, eta, Za, th, step, grad, Ya, wa, iC, M, pen_mask):
+    """Backtracking (Armijo) over the fixed ladder ``STEPS``, all problems at once: logits are
+    linear and the penalty quadratic in the step size t. The full step is tried first.
+    Returns the new objective values and the step sizes taken (0: no decrease found)."""
+    b = len(th)
+    deta = Za @ step
+    p0, pd = th * pen_mask[:, None], step * pen_mask[:, None]
+    pen0, cross, pen1 = _penalty(th, M, pen_mask), ((p0 @ M) * pd).sum((-1, -2)), _penalty(step, M, pen_mask)
+    decrease = (grad * step).sum((1, 2))
+
+    def objective(t, rows):
+        pen_t = pen0[rows, None] - 2 * t * cross[rows, None] + t ** 2 * pen1[rows, None]
+        eta_t = eta[rows, None] - t[..., None, None] * deta[rows, None]       # (r, S, n, k)
+        return _nll(eta_t, Ya[rows, None], wa[rows, None]) + 0.5 * iC[rows, None] * pen_t
+
+    rows = torch.arange(b)
+    f_new = objective(STEPS[None, :1], rows)[:, 0]
+    t_new = torch.ones(b, dtype=torch.float64)
+    bad = ~(f_new <= f0 - 1e-4 * decrease)
+    if bad.any():
+        r = rows[bad]
+        fc = objective(STEPS[None, 1:], r)
+        ok = fc <= f0[r, None] - 1e-4 * STEPS[None, 1:] * decrease[r, None]
+        ok[:, -1] = True
+        pick = ok.float().argmax(1)
+        f_new[r], t_new[r] = fc[torch.arange(len(r)), pick], STEPS[1:][pick]
+    return f_new, t_new
+
+
 def _solve(Z1, y, n_classes, C, w, max_iter, tol, init=None):
     """Damped Newton for ``B`` problems at once; converged problems leave the batch."""
     B, n, p1 = Z1.shape
@@ -84,53 +155,16 @@ def _solve(Z1, y, n_classes, C, w, max_iter, tol, init=None):
     pen_mask[-1] = 0.0                                                    # the intercept is free
     theta = torch.zeros(B, p1, k, dtype=torch.float64) if init is None else init.clone()
     ridge = torch.kron(M, torch.diag(pen_mask)) + 1e-10 * torch.eye(p1 * k, dtype=torch.float64)
-
-    def penalty(th):
-        th = th * pen_mask[:, None]
-        return ((th @ M) * th).sum((-1, -2))
-
-    f = _nll(Z1 @ theta, Yk, w) + 0.5 * inv_C * penalty(theta)           # objective / C
+    f = _nll(Z1 @ theta, Yk, w) + 0.5 * inv_C * _penalty(theta, M, pen_mask)   # objective / C
     active = torch.ones(B, dtype=torch.bool)
     for _ in range(max_iter):
         idx = active.nonzero().squeeze(1)
-        b = len(idx)
-        if b == 0:
+        if len(idx) == 0:
             break
         Za, th, wa, iC, Ya = Z1[idx], theta[idx], w[idx], inv_C[idx], Yk[idx]
-        eta = Za @ th
-        Pk = torch.exp(eta - _lse0(eta)[..., None])                        # probabilities of classes 1..k
-        grad = Za.transpose(1, 2) @ ((Pk - Ya) * wa[..., None]) + iC[:, None, None] * ((th * pen_mask[:, None]) @ M)
+        eta, grad, step, info = _newton_direction(Za, th, wa, iC, Ya, M, pen_mask, ridge)
         done = grad.abs().amax((1, 2)) < tol * (1.0 + wa.sum(-1))
-        A = (torch.diag_embed(Pk) - Pk[..., :, None] * Pk[..., None, :]) * wa[..., None, None]  # (b, n, k, k)
-        blocks = {(a, c): (Za * A[..., a, c, None]).transpose(1, 2) @ Za for a in range(k) for c in range(a, k)}
-        H = torch.cat([torch.cat([blocks[min(a, c), max(a, c)] for c in range(k)], -1) for a in range(k)], -2)
-        H = H + iC[:, None, None] * ridge                                     # (b, k p1, k p1), class-major
-        g = grad.transpose(1, 2).reshape(b, k * p1)
-        L, info = torch.linalg.cholesky_ex(H)
-        step = torch.cholesky_solve(g[..., None], L).squeeze(-1).reshape(b, k, p1).transpose(1, 2)
-        # backtracking (Armijo) over a fixed ladder of step sizes, all problems at once: logits
-        # are linear and the penalty quadratic in the step size t. The full step is tried first.
-        deta = Za @ step
-        p0, pd = th * pen_mask[:, None], step * pen_mask[:, None]
-        pen0, cross, pen1 = penalty(th), ((p0 @ M) * pd).sum((-1, -2)), penalty(step)
-        decrease = (grad * step).sum((1, 2))
-
-        def objective(t, rows):
-            pen_t = pen0[rows, None] - 2 * t * cross[rows, None] + t ** 2 * pen1[rows, None]
-            eta_t = eta[rows, None] - t[..., None, None] * deta[rows, None]       # (r, S, n, k)
-            return _nll(eta_t, Ya[rows, None], wa[rows, None]) + 0.5 * iC[rows, None] * pen_t
-
-        rows = torch.arange(b)
-        f_new = objective(STEPS[None, :1], rows)[:, 0]
-        t_new = torch.ones(b, dtype=torch.float64)
-        bad = ~(f_new <= f[idx] - 1e-4 * decrease)
-        if bad.any():
-            r = rows[bad]
-            fc = objective(STEPS[None, 1:], r)
-            ok = fc <= f[idx][r, None] - 1e-4 * STEPS[None, 1:] * decrease[r, None]
-            ok[:, -1] = True
-            pick = ok.float().argmax(1)
-            f_new[r], t_new[r] = fc[torch.arange(len(r)), pick], STEPS[1:][pick]
+        f_new, t_new = _line_search(f[idx], eta, Za, th, step, grad, Ya, wa, iC, M, pen_mask)
         theta[idx] = th - t_new[:, None, None] * step
         f[idx] = f_new
         active[idx[done | (t_new == 0) | (info != 0)]] = False
@@ -152,8 +186,9 @@ def _theta(Z, y, n_classes, C, weight, max_iter, tol, init=None):
     w = torch.ones(B, n, dtype=torch.float64) if weight is None else torch.as_tensor(np.array(weight, dtype=float))
     Z1 = torch.cat([Z, torch.ones(B, n, 1, dtype=torch.float64)], -1)
     init = None if init is None else torch.as_tensor(np.ascontiguousarray(init))
-    thetas = [_solve(Z1[i:i + CHUNK], y[i:i + CHUNK], n_classes, C[i:i + CHUNK], w[i:i + CHUNK], max_iter, tol,
-                     None if init is None else init[i:i + CHUNK]) for i in range(0, B, CHUNK)]
+    with one_thread():
+        thetas = [_solve(Z1[i:i + CHUNK], y[i:i + CHUNK], n_classes, C[i:i + CHUNK], w[i:i + CHUNK], max_iter, tol,
+                         None if init is None else init[i:i + CHUNK]) for i in range(0, B, CHUNK)]
     return torch.cat(thetas).numpy() if thetas else np.zeros((0, p + 1, n_classes - 1))
 
 
@@ -198,47 +233,71 @@ def loso_select_C(Z, y, groups, n_classes: int, Cs) -> tuple[np.ndarray, np.ndar
     return best, loss
 
 
+def _rank_rows(keys: np.ndarray) -> np.ndarray:
+    """Per row of ``keys`` ``(B, n)`` (ints), the rank of each value among the row's distinct values."""
+    order = np.argsort(keys, axis=1, kind="stable")
+    s = np.take_along_axis(keys, order, 1)
+    new = np.concatenate([np.ones((len(keys), 1), bool), s[:, 1:] != s[:, :-1]], 1)
+    rank = np.empty_like(keys)
+    np.put_along_axis(rank, order, np.cumsum(new, 1) - 1, 1)
+    return rank
+
+
+def _loso_folds(y: np.ndarray, groups: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Fold of each row ``(B, n)``: the rank of its subject among the problem's real rows' subjects
+    (``-1`` for padding), for all problems at once; a ``ValueError`` names the first problem
+    where some class has a single subject (leaving it out would empty the class)."""
+    g = np.unique(groups, return_inverse=True)[1].reshape(groups.shape)
+    pad = g.max(initial=0) + 1
+    folds = np.where(real, _rank_rows(np.where(real, g, pad)), -1)
+    pairs = np.where(real, y * (pad + 1) + g, -1)                  # distinct (class, subject) pairs per problem
+    first = np.zeros_like(real)
+    np.put_along_axis(first, np.argsort(pairs, 1, kind="stable"),
+                      np.concatenate([np.ones((len(g), 1), bool), np.diff(np.sort(pairs, 1), axis=1) != 0], 1), 1)
+    n_cls = int(y.max(initial=0)) + 1
+    subjects, rows = np.zeros((len(g), n_cls), int), np.zeros((len(g), n_cls), int)
+    np.add.at(subjects, (np.arange(len(g))[:, None], y), first & real)
+    np.add.at(rows, (np.arange(len(g))[:, None], y), real)
+    bad = ((rows > 0) & (subjects < 2)).any(1)
+    if bad.any():
+        raise ValueError(f"problem {int(np.argmax(bad))}: some class has a single subject, so leave-one-subject-out "
+                         f"cannot keep it in training; give C explicitly")
+    return folds
+
+
 def loso_fit(Z, y, groups, n_classes: int, Cs, weight=None):
     """:func:`loso_select_C`, plus the fit on all samples at the chosen ``C``:
     ``(best C, loss, coef, intercept)``. ``weight`` ``(B, n)`` in {0, 1} marks padding rows
     (0) when problems of different sizes share one batch.
 
-    Each fold's fit starts from the fit on all subjects and takes at most ``FOLD_MAX_ITER`` Newton steps
-    (the error squares with each step: the held-out log-losses agree with fully converged
-    scikit-learn fits to 1e-4, see the tests), so the choice costs a few batched solves."""
+    Two batched solves, no loop over problems, folds or values of ``C``: the fits on all
+    subjects for every ``C`` (``B x |Cs|`` problems), then every fold of every ``C``
+    (``B x |Cs| x folds``), each started from the fit on all subjects at its ``C`` and taking
+    at most ``FOLD_MAX_ITER`` Newton steps (the error squares with each step: the held-out
+    log-losses agree with fully converged scikit-learn fits to 1e-4, see the tests)."""
     Z, y, groups = np.asarray(Z, dtype=float), np.asarray(y), np.asarray(groups)
     B, n, p = Z.shape
     base = np.ones((B, n)) if weight is None else np.asarray(weight, dtype=float)
-    Cs = np.asarray(sorted(float(c) for c in Cs))
-    folds = []
-    for b in range(B):
-        real = base[b] > 0
-        if not loso_feasible(y[b][real], groups[b][real]):
-            raise ValueError(f"problem {b}: some class has a single subject, so leave-one-subject-out "
-                             f"cannot keep it in training; give C explicitly")
-        f = np.full(n, -1)
-        f[real] = np.unique(groups[b][real], return_inverse=True)[1]
-        folds.append(f)
-    n_folds = max(f.max() + 1 for f in folds)
+    Cs, nC = np.asarray(sorted(float(c) for c in Cs)), len(Cs)
+    folds = _loso_folds(y, groups, base > 0)
+    n_folds = int(folds.max(initial=0)) + 1
     # weights (B, F, n): fold j drops subject j (a problem with fewer subjects gets no-op folds)
-    W = np.stack([np.stack([(f != j).astype(float) for j in range(n_folds)]) for f in folds]) * base[:, None]
+    W = (folds[:, None, :] != np.arange(n_folds)[None, :, None]) * base[:, None]
     held = base[:, None] - W
-    # fits on all subjects along the path of increasing C, each started from the previous one
-    full, prev = [], None
-    for C in Cs:
-        prev = _theta(Z, y, n_classes, C, base, 100, 1e-9, prev)
-        full.append(prev)
-    full = np.stack(full, 1)                                                         # (B, |Cs|, p+1, k)
-    Zr = np.broadcast_to(Z[:, None, None], (B, len(Cs), n_folds, n, p)).reshape(-1, n, p)
-    yr = np.broadcast_to(y[:, None, None], (B, len(Cs), n_folds, n)).reshape(-1, n)
-    Wr = np.broadcast_to(W[:, None], (B, len(Cs), n_folds, n)).reshape(-1, n)
-    Cr = np.broadcast_to(Cs[None, :, None], (B, len(Cs), n_folds)).reshape(-1)
-    init = np.broadcast_to(full[:, :, None], (B, len(Cs), n_folds) + full.shape[2:]).reshape(-1, *full.shape[2:])
-    coef, intercept = _coef(_theta(Zr, yr, n_classes, Cr, Wr, FOLD_MAX_ITER, FOLD_TOL, init), n_classes)
-    lg = logits(Zr, coef, intercept).reshape(B, len(Cs), n_folds, n, n_classes)
+    rep = lambda a, *lead: np.broadcast_to(a, lead + a.shape[len(lead):])   # noqa: E731
+    full = _theta(rep(Z[:, None], B, nC).reshape(-1, n, p), rep(y[:, None], B, nC).reshape(-1, n), n_classes,
+                  rep(Cs[None], B, nC).reshape(-1), rep(base[:, None], B, nC).reshape(-1, n), 100, 1e-9)
+    full = full.reshape(B, nC, *full.shape[1:])                                      # (B, |Cs|, p+1, k)
+    shape = (B, nC, n_folds)
+    Zr = rep(Z[:, None, None], *shape).reshape(-1, n, p)
+    yr = rep(y[:, None, None], *shape).reshape(-1, n)
+    init = rep(full[:, :, None], *shape).reshape(-1, *full.shape[2:])
+    coef, intercept = _coef(_theta(Zr, yr, n_classes, rep(Cs[None, :, None], *shape).reshape(-1),
+                                   rep(W[:, None], *shape).reshape(-1, n), FOLD_MAX_ITER, FOLD_TOL, init), n_classes)
+    lg = logits(Zr, coef, intercept).reshape(B, nC, n_folds, n, n_classes)
     logp = lg - np.logaddexp.reduce(lg, axis=-1, keepdims=True)
     nll = -np.take_along_axis(logp, y[:, None, None, :, None], -1)[..., 0]            # (B, |Cs|, F, n)
     loss = (nll * held[:, None]).sum((2, 3)) / held.sum((1, 2))[:, None]
-    pick = np.argmin(loss + 1e-12 * np.arange(len(Cs)), axis=1)
+    pick = np.argmin(loss + 1e-12 * np.arange(nC), axis=1)
     coef, intercept = _coef(full[np.arange(B), pick], n_classes)
     return Cs[pick], loss, coef, intercept
