@@ -168,3 +168,17 @@ def test_the_demo_prints_each_seeds_pace_and_its_expected_finish(two_seeds):
     m = re.match(r"demo: expected to finish at (\d\d:\d\d:\d\d) \(in [^)]+\): (\d+) pretraining steps to go "
                  r"over (\d) seed\(s\)", finish[0])
     assert m and datetime.strptime(m[1], "%H:%M:%S") and (m[2], m[3]) == ("28", "2")
+
+
+def test_the_demo_prints_the_seed_spread_only_for_several_seeds(capsys):
+    from medcl.cli import _print_seed_spread
+
+    spread = {"n": 3, "train_seeds": [0, 1, 2],
+              "mean_sd": {"pretrained": {"5": {"mean": 0.61, "sd": 0.025}},
+                          "random_init": {"5": {"mean": 0.52, "sd": 0.011}}}}
+    _print_seed_spread(spread)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "over 3 pretraining seeds [0, 1, 2] (mean ± sd):"
+    assert out[1] == "K= 5  pretrained 0.610 ± 0.025   random init 0.520 ± 0.011"
+    _print_seed_spread({"n": 1, "train_seeds": [0], "mean_sd": spread["mean_sd"]})
+    assert capsys.readouterr().out == ""
