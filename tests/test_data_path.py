@@ -7,6 +7,7 @@ import torch
 
 from medcl.augment import sample_pair
 from medcl.config import AugmentConfig, load_config
+from medcl.validate import load_checked
 from medcl.data.cohort import Cohort
 from medcl.data.ingest import write_manifest
 from medcl.train.batched_pairs import BatchedPairs, ParamDrawer
@@ -56,9 +57,9 @@ def test_placement_choice():
     with pytest.raises(ValueError, match="augment.cache"):
         choose_placement("gpu", 1, cpu)
     with pytest.raises(Exception, match="augment.cache"):
-        load_config(overrides=["augment.cache=gpu"])
+        load_checked(overrides=["augment.cache=gpu"])
     with pytest.raises(Exception, match="augment.backend"):
-        load_config(overrides=["augment.backend=dali"])
+        load_checked(overrides=["augment.backend=dali"])
 
 
 def test_store_holds_the_cache_exactly_once(cohort):
