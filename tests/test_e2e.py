@@ -21,7 +21,8 @@ from medcl.pipelines.demo import run_demo
 TINY = ["demo.n_subjects=18", "data.spacing=6.0", "augment.view_size=16", "model.widen_factor=0.25",
         "train.epochs=2", "train.batch_size=4", "train.num_workers=0", "fewshot.shots=1,2",
         "fewshot.n_episodes=20", "fewshot.n_query=1", "fewshot.logreg_episodes=10", "fewshot.n_boot=200",
-        "fewshot.scratch_episodes=3", "fewshot.scratch_steps=5", "fewshot.budget_random=20"]
+        "fewshot.scratch_episodes=3", "fewshot.scratch_steps=5", "fewshot.budget_random=20",
+        "data.register=affine", "data.brain_mask=template"]   # as configs/demo.yaml: registered to MNI
 SECTIONS = ["summary", "cohort", "method", "curves", "metrics", "confusion", "roc", "reliability", "embeddings",
             "montage", "sensitivity", "budget", "training", "model-card", "notes", "config"]
 
@@ -139,6 +140,34 @@ def test_fresh_process_loads_registered_model_by_alias(demo_out):
     assert set(probs) == {"atrophy", "healthy", "lesion"}
     assert abs(sum(probs.values()) - 1) < 1e-5
     assert row["label"] == max(probs, key=probs.get)
+
+
+def test_predict_on_a_raw_scan_gives_the_probabilities_the_evaluation_gave(demo_out):
+    """`medcl predict` registers a raw scan exactly as ingest did: the registered model's
+    probabilities for the source NIfTI file equal its head on the embedding of that scan's
+    cohort cache entry (what evaluation embeds), up to the cache's float16 rounding."""
+    import mlflow
+
+    from medcl.data.cohort import Cohort
+    from medcl.data.pseudonym import pseudonym
+    from medcl.data.sources import nifti_ids
+    from medcl.fewshot.embed import embed_cohort
+
+    out, summary = demo_out
+    cohort = Cohort.load(out / "cohort")
+    tracking.use_uri(summary["mlflow"]["tracking_uri"])
+    model = mlflow.pyfunc.load_model(summary["mlflow"]["fewshot_model_uri"])
+    inner = model.unwrap_python_model()
+    keys = cohort.scan_keys.tolist()
+    for path in sorted((out / "demo_src" / "nifti").glob("*.nii.gz"))[:4]:
+        sub, scan = nifti_ids(path)
+        i = keys.index(pseudonym(f"{sub}/{scan}", "scan"))
+        assert not np.allclose(cohort.transform(i), np.eye(4)), "the cohort stores each scan's registration"
+        one = Cohort(cohort.root, [cohort.rows[i]])
+        evaluated = inner.head.predict_proba(embed_cohort(inner.encoder, one, inner.meta["view_size"]))[0]
+        predicted = model.predict([str(path)]).iloc[0]
+        got = np.array([predicted[str(c)] for c in inner.head.classes_])
+        np.testing.assert_allclose(got, evaluated, atol=2e-3)
 
 
 FEWSHOT_CLI = ["fewshot.n_episodes=20", "fewshot.n_query=1", "fewshot.logreg_episodes=5", "fewshot.n_boot=100",

@@ -182,3 +182,13 @@ def test_the_demo_prints_the_seed_spread_only_for_several_seeds(capsys):
     assert out[1] == "K= 5  pretrained 0.610 ± 0.025   random init 0.520 ± 0.011"
     _print_seed_spread({"n": 1, "train_seeds": [0], "mean_sd": spread["mean_sd"]})
     assert capsys.readouterr().out == ""
+
+
+def test_the_report_notes_the_seed_spread_only_for_several_seeds():
+    from medcl.pipelines.demo import _seed_note
+
+    spread = {"n": 2, "train_seeds": [0, 1],
+              "mean_sd": {"pretrained": {"5": {"mean": 0.6, "sd": 0.02}}, "random_init": {"5": {"mean": 0.5, "sd": 0.01}}}}
+    (note,) = _seed_note(spread)
+    assert "Over 2 pretraining seeds [0, 1]" in note and "pretrained 0.600 ± 0.020" in note and "random init 0.500" in note
+    assert _seed_note({**spread, "n": 1}) == []

@@ -103,7 +103,7 @@ def run_demo(cfg: Config, out: Path, tracking_uri: str, progress: bool = True) -
             _log_seeds(seeds, pres)
         alias = _register_fewshot_model(cfg, pretrained, meta, cohort, fs, pre, run, lineage)
         t_report = time.perf_counter()
-        paths = write_report(_report_data(cfg, fs, cohort, res, pre, alias), out, cfg.fewshot.pdf)
+        paths = write_report(_report_data(cfg, fs, cohort, res, pre, alias, seeds), out, cfg.fewshot.pdf)
         timings["report"] = time.perf_counter() - t_report
         log_report_artifacts(paths)
     timings["register"] = time.perf_counter() - t0 - sum(timings.values())
@@ -249,7 +249,18 @@ def _register_fewshot_model(cfg: Config, pretrained, meta: dict, cohort: Cohort,
     return alias or cfg.tracking.alias
 
 
-def _report_data(cfg: Config, fs, cohort: Cohort, res, pre, alias: str):
+def _seed_note(seeds: dict) -> list[str]:
+    """The report's line on the spread over pretraining seeds (``demo.seeds`` > 1)."""
+    if seeds["n"] < 2:
+        return []
+    ms = seeds["mean_sd"]
+    cells = "; ".join(f"K={k}: " + ", ".join(f"{src.replace('_', ' ')} {ms[src][k]['mean']:.3f} ± {ms[src][k]['sd']:.3f}"
+                                           for src in ms if k in ms[src]) for k in ms["pretrained"])
+    return [f"Over {seeds['n']} pretraining seeds {seeds['train_seeds']} (mean ± sd of the balanced accuracy, "
+            f"same episodes): {cells}. The rest of this report is the first seed's."]
+
+
+def _report_data(cfg: Config, fs, cohort: Cohort, res, pre, alias: str, seeds: dict):
     return build_report_data(
         cfg, fs, "medcl few-shot diagnosis evaluation (demo)",
         {"all": cohort.counts(), "evaluated (test split)": fs.cohort.counts(), "ingest": res.counts()},
@@ -259,7 +270,8 @@ def _report_data(cfg: Config, fs, cohort: Cohort, res, pre, alias: str):
                f"without their labels; episodes draw only from the {len(fs.cohort)} scans of the test split.",
                f"The registered model '{cfg.tracking.fewshot_model_name}@{alias}' is the "
                f"{cfg.fewshot.primary_head} head fitted on {DEPLOY_SHOTS} train-split scans per class.",
-               "Few-shot stage timings (s): " + ", ".join(f"{k} {v}" for k, v in fs.timings.items())])
+               "Few-shot stage timings (s): " + ", ".join(f"{k} {v}" for k, v in fs.timings.items()),
+               *_seed_note(seeds)])
 
 
 def _summary(cfg: Config, cohort: Cohort, res, fs, pre, paths: dict) -> dict:
