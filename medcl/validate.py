@@ -29,8 +29,7 @@ from medcl.train.optim import OPTIMIZERS
 
 
 def _one_of(names) -> str:
-    names = list(names)
-    return "must be " + (", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0])
+    return "must be one of " + ", ".join(names)
 
 
 def _among(names) -> str:

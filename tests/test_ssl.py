@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from medcl.config import ConfigError, load_config
+from medcl.validate import load_checked
 from medcl.ssl import METHODS, build_method
 from medcl.ssl.base import Temperature, cosine_momentum, own_class_labels
 from medcl.train.health import alignment, health_metrics, knn_balanced_accuracy, uniformity
@@ -53,7 +54,7 @@ def test_every_method_trains_a_step_and_every_trainable_parameter_learns(name):
 
 def test_unknown_method_is_a_one_line_config_error():
     with pytest.raises(ConfigError, match="config key 'train.method' must be one of .*simclr.*got 'simsiam'"):
-        load_config(None, ["train.method=simsiam"])
+        load_checked(None, ["train.method=simsiam"])
 
 
 def test_momentum_schedule_and_update():
