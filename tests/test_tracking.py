@@ -5,6 +5,7 @@ encoder, the retry policy, and records the server refuses for good."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -169,3 +170,24 @@ def test_pretrain_pipeline_run_is_tracked_and_its_encoder_registered(tracking_en
     assert mv.run_id == out.run_id and mv.tags["medcl.pretrain_run_id"] == out.run_id
     assert client.get_registered_model("medcl-encoder-pipeline-test").aliases == {"champion": "1"}
     assert "checkpoints/last.pt" in [f.path for f in client.list_artifacts(out.run_id, "checkpoints")]
+
+
+def test_use_uri_points_mlflow_there_and_leaves_the_environment_as_it_was(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    uri = tracking.default_uri(tmp_path)
+    try:
+        tracking.use_uri(uri)
+        assert mlflow.get_tracking_uri() == uri and mlflow.get_registry_uri() == uri
+        assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+        assert tracking.resolve_uri(None, tmp_path / "other") == tracking.default_uri(tmp_path / "other")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+        tracking.use_uri(uri)
+        assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:9"
+        assert tracking.resolve_uri(None, tmp_path) == "http://127.0.0.1:9"
+        assert tracking.resolve_uri("sqlite:///x.db", tmp_path) == "sqlite:///x.db"
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)

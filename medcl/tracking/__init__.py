@@ -94,15 +94,18 @@ def client_environment() -> None:
 
 def use_uri(uri: str) -> None:
     """Point MLflow's client (tracking and registry) at ``uri`` without changing this process's
-    environment (``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``; medcl puts it
-    back, so that a later :func:`resolve_uri` sees only what the user set)."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    environment (``mlflow.set_tracking_uri`` and ``set_registry_uri`` also export
+    ``MLFLOW_TRACKING_URI`` and ``MLFLOW_REGISTRY_URI``; medcl puts both back, so that a later
+    :func:`resolve_uri`, and any subprocess, sees only what the user set)."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {k: os.environ.get(k) for k in names}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def setup(uri: str, experiment: str, out_dir: Path) -> str:
