@@ -248,3 +248,19 @@ def test_cpu_resize_is_torchs_interpolate_for_every_storage_layout(mni_scan):
                               ("separate", [img.clone() for _ in params])):
             out = resize_crops(sources, params, s, torch.device("cpu"))
             assert float((out - ref).abs().max()) < 1e-5 * float(ref.abs().max()), (name, s)
+
+
+def test_views_without_any_noise_go_through_the_fused_cpu_path():
+    """augment.noise_std = (0, 0): no view draws noise; the fused numba path (an empty noise
+    block) gives the unfused torch path's views instead of failing on the empty block."""
+    from medcl.config import AugmentConfig
+
+    cfg = AugmentConfig(view_size=16, noise_std=(0.0, 0.0))
+    mask = np.zeros((24, 26, 22), bool)
+    mask[3:21, 4:22, 3:19] = True
+    params = [p for i in range(3) for p in sample_pair(np.random.default_rng(i), mask, cfg)]
+    assert all(p.noise_std == 0 for p in params)
+    x = torch.rand(len(params), 16, 16, 16)
+    fused = intensity_views(x.clone(), params, fused=True)
+    plain = intensity_views(x.clone(), params, fused=False)
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)

@@ -176,7 +176,7 @@ def _intensity_numba(x: torch.Tensor, params: Sequence[ViewParams], kernels) -> 
     weights = np.zeros((v, max([len(b) for b in blurs] + [1])), np.float32)
     for i, b in enumerate(blurs):
         weights[i, :len(b)] = b
-    kernels.intensity_tail(flat, noise.view(len(noise), -1).numpy(), rows, [p.noise_std for p in params],
+    kernels.intensity_tail(flat, noise.reshape(len(noise), s ** 3).numpy(), rows, [p.noise_std for p in params],
                            weights, [len(b) for b in blurs])
     return x
 
