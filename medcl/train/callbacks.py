@@ -36,16 +36,16 @@ class Callback:
     """A hook does nothing unless a callback overrides it."""
 
     def on_train_start(self, state: TrainState) -> None:
-        pass
+        """Before the first step of this process (after a resume: the first new step)."""
 
     def on_step_end(self, state: TrainState, logs: dict[str, float]) -> None:
-        pass
+        """After each optimiser step, with the step's logged values (rank 0's view)."""
 
     def on_epoch_end(self, state: TrainState) -> None:
-        pass
+        """After the last step of each epoch."""
 
     def on_train_end(self, state: TrainState) -> None:
-        pass
+        """After the last step, before the encoder is written."""
 
 
 class Callbacks(Callback):
