@@ -39,7 +39,7 @@ class Callback:
         """Before the first step of this process (after a resume: the first new step)."""
 
     def on_step_end(self, state: TrainState, logs: dict[str, float]) -> None:
-        """After each optimiser step, with the step's logged values (rank 0's view)."""
+        """After each optimiser step, with the step's logged values (averaged over the processes)."""
 
     def on_epoch_end(self, state: TrainState) -> None:
         """After the last step of each epoch."""
