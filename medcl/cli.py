@@ -18,6 +18,7 @@ from medcl.pipelines.demo import run_demo  # noqa: E402
 from medcl.pipelines.fewshot import run_fewshot, suggest_labels  # noqa: E402
 from medcl.pipelines.pretrain import run_pretrain  # noqa: E402
 from medcl.report import load_report_data  # noqa: E402
+from medcl.report.content import seed_spread_lines  # noqa: E402
 from medcl.report.files import write_report  # noqa: E402
 from medcl.serving.registry import promote  # noqa: E402
 from medcl.train.checkpoint import CheckpointError  # noqa: E402
@@ -41,21 +42,11 @@ def _cmd_demo(args) -> int:
         cells = [f"{fs[src][k]['balanced_accuracy']:.3f} [{fs[src][k]['ci95'][0]:.3f}, {fs[src][k]['ci95'][1]:.3f}]"
                  if k in fs[src] else "-" for src, _ in cols]
         print(f"K={k:>2}  " + "".join(f"{c:<22}" for c in cells).rstrip())
-    _print_seed_spread(summary.get("seeds"))
+    for line in seed_spread_lines(summary.get("seeds")):
+        print(line)
     print(f"report: {Path(args.out) / 'report.html'}\nsummary: {Path(args.out) / 'summary.json'}")
     print(f"model: {summary['mlflow']['fewshot_model_uri']} (tracking URI {summary['mlflow']['tracking_uri']})")
     return 0
-
-
-def _print_seed_spread(seeds: dict | None) -> None:
-    """``demo.seeds`` > 1: the mean ± sd over pretraining seeds of the primary head, per K."""
-    if not seeds or seeds.get("n", 1) < 2:
-        return
-    ms = seeds["mean_sd"]
-    print(f"over {seeds['n']} pretraining seeds {seeds['train_seeds']} (mean ± sd):")
-    for k in ms["pretrained"]:
-        cells = [f"{src.replace('_', ' ')} {ms[src][k]['mean']:.3f} ± {ms[src][k]['sd']:.3f}" for src in ms if k in ms[src]]
-        print(f"K={k:>2}  " + "   ".join(cells))
 
 
 def _cmd_ingest(args) -> int:

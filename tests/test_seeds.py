@@ -135,7 +135,7 @@ def test_mean_and_sd_are_numpys(two_seeds):
 def test_further_seeds_are_scored_on_the_same_episodes(two_seeds):
     """The primary-head-only scoring of the further seeds gives the full suite's numbers when
     given the first seed's features: the same episodes, the same bootstrap."""
-    from medcl.pipelines.demo import primary_only, seed_entry
+    from medcl.fewshot.seeds import primary_only, seed_entry
 
     cfg, out, summary, _ = two_seeds
     saved = np.load(out / "features.npz")
@@ -171,24 +171,23 @@ def test_the_demo_prints_each_seeds_pace_and_its_expected_finish(two_seeds):
 
 
 def test_the_demo_prints_the_seed_spread_only_for_several_seeds(capsys):
-    from medcl.cli import _print_seed_spread
+    from medcl.report.content import seed_spread_lines
 
     spread = {"n": 3, "train_seeds": [0, 1, 2],
               "mean_sd": {"pretrained": {"5": {"mean": 0.61, "sd": 0.025}},
                           "random_init": {"5": {"mean": 0.52, "sd": 0.011}}}}
-    _print_seed_spread(spread)
+    print("\n".join(seed_spread_lines(spread)))
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "over 3 pretraining seeds [0, 1, 2] (mean ± sd):"
     assert out[1] == "K= 5  pretrained 0.610 ± 0.025   random init 0.520 ± 0.011"
-    _print_seed_spread({"n": 1, "train_seeds": [0], "mean_sd": spread["mean_sd"]})
-    assert capsys.readouterr().out == ""
+    assert seed_spread_lines({"n": 1, "train_seeds": [0], "mean_sd": spread["mean_sd"]}) == []
 
 
 def test_the_report_notes_the_seed_spread_only_for_several_seeds():
-    from medcl.pipelines.demo import _seed_note
+    from medcl.report.content import seed_spread_lines
 
     spread = {"n": 2, "train_seeds": [0, 1],
               "mean_sd": {"pretrained": {"5": {"mean": 0.6, "sd": 0.02}}, "random_init": {"5": {"mean": 0.5, "sd": 0.01}}}}
-    (note,) = _seed_note(spread)
+    (note,) = seed_spread_lines(spread, report=True)
     assert "Over 2 pretraining seeds [0, 1]" in note and "pretrained 0.600 ± 0.020" in note and "random init 0.500" in note
-    assert _seed_note({**spread, "n": 1}) == []
+    assert seed_spread_lines({**spread, "n": 1}, report=True) == []

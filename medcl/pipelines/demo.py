@@ -28,11 +28,12 @@ from medcl.data.demo import make_demo_sources
 from medcl.data.ingest import ingest
 from medcl.models import build_encoder
 from medcl.fewshot.embed import cohort_views, embed_views
-from medcl.fewshot.suite import (FewShotOutput, evaluate_encoders, evaluate_features, evaluation_cohort,
-                                 fit_deployable_head, log_to_mlflow, save_features)
+from medcl.fewshot.suite import (evaluate_encoders, evaluation_cohort, fit_deployable_head, log_to_mlflow,
+                                 save_features)
 from medcl.pipelines.pretrain import PretrainOutput, encoder_meta, run_pretrain
 from medcl.report import DEMO_BANNER, MontageSample
-from medcl.report.content import build_report_data, model_card, summary_block
+from medcl.fewshot.seeds import primary_only, seed_entry, seeds_block
+from medcl.report.content import build_report_data, model_card, seed_spread_lines, summary_block
 from medcl.report.files import log_report_artifacts, write_report, write_summary
 from medcl.serving.inference import load_encoder
 from medcl.serving.registry import alias_new_version, log_fewshot
@@ -179,43 +180,6 @@ def _further_seeds(cfg: Config, cohort: Cohort, pres: list[PretrainOutput]) -> l
     return entries
 
 
-def primary_only(cfg: Config, features: dict, labels, subjects) -> FewShotOutput:
-    """``features`` scored with the primary head alone (and the probe, when ``fewshot.probe``):
-    the same episodes, and so the same numbers for that head, as in the full suite."""
-    f = dataclasses.replace(cfg.fewshot, heads=(cfg.fewshot.primary_head,), baselines=(), budget_method="none",
-                            embedding_map="none")
-    return evaluate_features(dataclasses.replace(cfg, fewshot=f), features, labels, subjects)
-
-
-def seed_entry(cfg: Config, train_seed: int, fs: FewShotOutput) -> dict:
-    """One seed's ``seeds.per_seed`` entry: balanced accuracy and its CI per K (primary head) of
-    the pretrained and the random-init encoder, and their linear probe when computed."""
-    def pick(r: dict) -> dict:
-        return {"balanced_accuracy": r["balanced_accuracy"], "ci95": r["ci95"]}
-
-    h = cfg.fewshot.primary_head
-    entry: dict = {"train_seed": train_seed}
-    for src in ("pretrained", "random_init"):
-        entry[src] = {k: pick(r) for k, r in fs.results[src][h].items()}
-    probe = {src: pick(fs.ceiling[src]) for src in ("pretrained", "random_init") if src in fs.ceiling}
-    if probe:
-        entry["probe"] = probe
-    return entry
-
-
-def seeds_block(cfg: Config, per_seed: list[dict]) -> dict:
-    """summary.json's ``seeds``: the per-seed entries, and per source and K the mean and sd
-    (ddof = 1; None with one seed) of the balanced accuracy over the seeds."""
-    mean_sd: dict = {}
-    for src in ("pretrained", "random_init"):
-        mean_sd[src] = {}
-        for k in per_seed[0][src]:
-            v = np.array([e[src][k]["balanced_accuracy"] for e in per_seed], dtype=float)
-            mean_sd[src][k] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else None}
-    return {"n": len(per_seed), "train_seeds": [e["train_seed"] for e in per_seed], "per_seed": per_seed,
-            "mean_sd": mean_sd}
-
-
 def _log_seeds(seeds: dict, pres: list[PretrainOutput]) -> None:
     """The seeds block, with the pretraining run of each seed, on the few-shot run; the mean and
     sd as metrics ``seeds.SOURCE.balanced_accuracy.mean|sd`` at step K."""
@@ -249,17 +213,6 @@ def _register_fewshot_model(cfg: Config, pretrained, meta: dict, cohort: Cohort,
     return alias or cfg.tracking.alias
 
 
-def _seed_note(seeds: dict) -> list[str]:
-    """The report's line on the spread over pretraining seeds (``demo.seeds`` > 1)."""
-    if seeds["n"] < 2:
-        return []
-    ms = seeds["mean_sd"]
-    cells = "; ".join(f"K={k}: " + ", ".join(f"{src.replace('_', ' ')} {ms[src][k]['mean']:.3f} ± {ms[src][k]['sd']:.3f}"
-                                           for src in ms if k in ms[src]) for k in ms["pretrained"])
-    return [f"Over {seeds['n']} pretraining seeds {seeds['train_seeds']} (mean ± sd of the balanced accuracy, "
-            f"same episodes): {cells}. The rest of this report is the first seed's."]
-
-
 def _report_data(cfg: Config, fs, cohort: Cohort, res, pre, alias: str, seeds: dict):
     return build_report_data(
         cfg, fs, "medcl few-shot diagnosis evaluation (demo)",
@@ -271,7 +224,7 @@ def _report_data(cfg: Config, fs, cohort: Cohort, res, pre, alias: str, seeds: d
                f"The registered model '{cfg.tracking.fewshot_model_name}@{alias}' is the "
                f"{cfg.fewshot.primary_head} head fitted on {DEPLOY_SHOTS} train-split scans per class.",
                "Few-shot stage timings (s): " + ", ".join(f"{k} {v}" for k, v in fs.timings.items()),
-               *_seed_note(seeds)])
+               *seed_spread_lines(seeds, report=True)])
 
 
 def _summary(cfg: Config, cohort: Cohort, res, fs, pre, paths: dict) -> dict:

@@ -125,3 +125,22 @@ def summary_block(cfg: Config, fs: FewShotOutput) -> dict:
     if fs.scratch:
         block["scratch"] = {k: {m: r[m] for m in keep if m in r} for k, r in fs.scratch.items()}
     return block
+
+
+def seed_spread_lines(seeds: dict | None, report: bool = False) -> list[str]:
+    """The mean ± sd over pretraining seeds (``demo.seeds`` > 1; nothing for one seed): one line
+    per K for the console, or one sentence for the report's notes (``report``)."""
+    if not seeds or seeds.get("n", 1) < 2:
+        return []
+    ms = seeds["mean_sd"]
+
+    def cells(k: str, sep: str) -> str:
+        return sep.join(f"{src.replace('_', ' ')} {ms[src][k]['mean']:.3f} ± {ms[src][k]['sd']:.3f}"
+                        for src in ms if k in ms[src])
+
+    if report:
+        per_k = "; ".join(f"K={k}: {cells(k, ', ')}" for k in ms["pretrained"])
+        return [f"Over {seeds['n']} pretraining seeds {seeds['train_seeds']} (mean ± sd of the balanced accuracy, "
+                f"same episodes): {per_k}. The rest of this report is the first seed's."]
+    return ([f"over {seeds['n']} pretraining seeds {seeds['train_seeds']} (mean ± sd):"]
+            + [f"K={k:>2}  {cells(k, '   ')}" for k in ms["pretrained"]])
