@@ -31,7 +31,7 @@ def _rows(src: demo.DemoSources) -> list[dict[str, str]]:
 
 
 def _load(src: demo.DemoSources, subject: str) -> nib.Nifti1Image:
-    return nib.load(src.nifti_dir / f"sub-{subject}.nii.gz")
+    return nib.load(src.nifti_dir / f"sub-{subject}.nii")
 
 
 def test_template_comes_from_nilearn_package_data(tpl):
@@ -107,7 +107,7 @@ def test_files_labels_and_readme(cohort):
     assert {r["label"] for r in rows} == set(demo.CLASSES)
     assert cohort.counts == {c: 2 for c in demo.CLASSES}
     files = sorted(p.name for p in cohort.nifti_dir.iterdir())
-    assert files == sorted(f"sub-{r['subject']}.nii.gz" for r in rows)
+    assert files == sorted(f"sub-{r['subject']}.nii" for r in rows)
     assert rows[0]["subject"] == "demo0001"
     readme = (cohort.labels_csv.parent / "README.txt").read_text(encoding="utf-8")
     assert "simulated pathology on real anatomy" in readme and "not patient data" in readme

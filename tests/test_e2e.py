@@ -123,7 +123,7 @@ def test_no_source_file_names_in_outputs(demo_out):
 
 def test_fresh_process_loads_registered_model_by_alias(demo_out):
     out, summary = demo_out
-    scan = sorted((out / "demo_src" / "nifti").glob("*.nii.gz"))[0]
+    scan = sorted((out / "demo_src" / "nifti").glob("*.nii"))[0]
     code = (
         "import json, mlflow, sys\n"
         "mlflow.set_tracking_uri(sys.argv[1])\n"
@@ -160,7 +160,7 @@ def test_predict_on_a_raw_scan_gives_the_probabilities_the_evaluation_gave(demo_
     model = mlflow.pyfunc.load_model(summary["mlflow"]["fewshot_model_uri"])
     inner = model.unwrap_python_model()
     cached = np.stack([cohort.image(i).astype(np.float32) for i in range(len(cohort))])
-    for path in sorted((out / "demo_src" / "nifti").glob("*.nii.gz"))[:4]:
+    for path in sorted((out / "demo_src" / "nifti").glob("*.nii"))[:4]:
         pre = preprocess_file(path, data_config(inner.meta))
         assert not np.allclose(pre.transform, np.eye(4)), "the scan is registered at prediction"
         gaps = np.abs(cached - pre.image[None]).mean(axis=(1, 2, 3))
@@ -216,7 +216,7 @@ def test_predict_command_on_a_nifti_file_and_a_dicom_folder(demo_out, tmp_path, 
 
     out, summary = demo_out
     monkeypatch.setenv("MLFLOW_TRACKING_URI", summary["mlflow"]["tracking_uri"])
-    nifti = sorted((out / "demo_src" / "nifti").glob("*.nii.gz"))[0]
+    nifti = sorted((out / "demo_src" / "nifti").glob("*.nii"))[0]
     img = nib.load(nifti)
     write_series(np.asarray(img.dataobj, dtype=np.float32), img.affine, tmp_path / "dicom" / "series")
     capsys.readouterr()

@@ -78,7 +78,7 @@ def test_rigid_recovers_a_known_rotation():
 def demo_scans(tmp_path_factory):
     """Three simulated demo subjects at 4 mm (one of them written LAS)."""
     src = make_demo_sources(tmp_path_factory.mktemp("demo"), n_subjects=3, spacing=4.0, workers=1)
-    return sorted(src.nifti_dir.glob("*.nii.gz"))
+    return sorted(src.nifti_dir.glob("*.nii"))
 
 
 def test_preprocess_registers_and_masks_with_the_template(demo_scans):
