@@ -142,6 +142,7 @@ class FewShotConfig:
     radiomics_families: tuple[str, ...] = ("statistics", "intensity_histogram", "glcm", "glszm")  # MIRP's names
     radiomics_bins: int = 32         # fixed bin number of its grey-level discretisation
     radiomics_workers: int = 2       # processes computing it (0 or 1: in the evaluating process)
+    radiomics_fit_scans: int = 0     # train-split scans its z-scoring is fitted on (0 = all of them)
     scratch_episodes: int = 20       # from-scratch 3D ResNet: the first N episodes per K (one training each)
     scratch_steps: int = 20          # its optimiser steps per episode (full support batch)
     scratch_view_size: int = 24      # its input: the evaluation view downsampled to this size
@@ -331,6 +332,7 @@ def _fewshot_checks(f: FewShotConfig) -> list[tuple[bool, str, str]]:
          "fewshot.radiomics_families", "must be one or more distinct family names"),
         (f.radiomics_bins >= 2, "fewshot.radiomics_bins", "must be >= 2"),
         (f.radiomics_workers >= 0, "fewshot.radiomics_workers", "must be >= 0"),
+        (f.radiomics_fit_scans >= 0, "fewshot.radiomics_fit_scans", "must be >= 0 (0 = every train-split scan)"),
         (f.scratch_episodes >= 1, "fewshot.scratch_episodes", "must be >= 1"),
         (f.scratch_steps >= 1, "fewshot.scratch_steps", "must be >= 1"),
         (f.scratch_view_size >= 16, "fewshot.scratch_view_size", "must be >= 16"),

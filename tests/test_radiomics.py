@@ -26,7 +26,10 @@ import mirp
 import numpy as np
 import pytest
 
+from medcl.config import FewShotConfig
+from medcl.data.cohort import Cohort
 from medcl.fewshot.radiomics import FAMILIES, RadiomicsError, mirp_settings, radiomics_features, standardise
+from medcl.fewshot.suite import radiomics_fit_cohort
 
 N, PAD = 8, 2
 WITH_SHAPE = FAMILIES + ("morphology",)
@@ -162,3 +165,18 @@ def test_standardise_drops_non_finite_and_constant_columns_fitted_on_fit_only():
     np.testing.assert_allclose(standardise(fit, fit)[:, 0].std(), 1.0)
     with pytest.raises(ValueError, match="columns"):
         standardise(fit, apply[:, :3])
+
+
+def test_radiomics_fit_cohort_is_the_first_n_train_scans_never_a_test_scan(tmp_path):
+    """``fewshot.radiomics_fit_scans``: the z-scoring reference is a label-blind prefix of the
+    train split in manifest order; 0 (the default) or more than there are: the whole split."""
+    rows = [{"scan_key": f"scan-{i:02d}", "split": "test" if i % 3 == 0 else "train",
+             "label": "ab"[i % 2]} for i in range(12)]
+    cohort = Cohort(tmp_path, rows)
+    train_keys = [r["scan_key"] for r in rows if r["split"] == "train"]
+
+    def keys(n: int) -> list[str]:
+        return [r["scan_key"] for r in radiomics_fit_cohort(FewShotConfig(radiomics_fit_scans=n), cohort).rows]
+
+    assert keys(0) == train_keys and keys(100) == train_keys
+    assert keys(3) == train_keys[:3]

@@ -33,7 +33,7 @@ from medcl.fewshot.stats import paired_difference, reliability_bins, roc_points,
 from medcl.models import Encoder
 
 __all__ = ["FewShotOutput", "evaluation_cohort", "pca_cohort", "confusion_shot", "head_options", "eval_spec",
-           "radiomics_baseline", "evaluate_encoders", "evaluate_features", "fit_deployable_head", "save_features", "log_to_mlflow"]
+           "radiomics_baseline", "radiomics_fit_cohort", "evaluate_encoders", "evaluate_features", "fit_deployable_head", "save_features", "log_to_mlflow"]
 
 
 def evaluation_cohort(cohort: Cohort) -> Cohort:
@@ -47,6 +47,16 @@ def pca_cohort(cohort: Cohort) -> Cohort:
     scans, labels unused) when it has 2+ scans, else the evaluation scans (still no labels)."""
     train = cohort.select(split="train")
     return train if len(train) >= 2 else evaluation_cohort(cohort)
+
+
+def radiomics_fit_cohort(f: FewShotConfig, cohort: Cohort) -> Cohort:
+    """The scans the radiomics z-scoring is fitted on: :func:`pca_cohort`'s, the first
+    ``fewshot.radiomics_fit_scans`` of them when that is set (manifest order, i.e. by
+    pseudonymous scan key: a label-blind subset); a mean and a standard deviation per feature
+    need far fewer scans than the pretraining pool has, and each costs a radiomics extraction."""
+    fit = pca_cohort(cohort)
+    n = f.radiomics_fit_scans
+    return Cohort(fit.root, fit.rows[:n]) if 0 < n < len(fit) else fit
 
 
 @dataclass
@@ -143,7 +153,7 @@ def evaluate_encoders(cfg: Config, cohort: Cohort, encoders: dict[str, Encoder],
     radiomics_info = {}
     if "radiomics" in f.baselines:
         with _timed(timings, "radiomics"):
-            features["radiomics"], radiomics_info = radiomics_baseline(f, eval_set, pca_cohort(cohort))
+            features["radiomics"], radiomics_info = radiomics_baseline(f, eval_set, radiomics_fit_cohort(f, cohort))
         log(f"radiomics: {radiomics_info['computed']} scans computed, {radiomics_info['cached']} from the cache "
             f"({radiomics_info['cache']})")
     out = evaluate_features(cfg, features, eval_set.labels, eval_set.subjects, torch.stack(views), view_size)
