@@ -44,7 +44,7 @@ def _train(state: TrainState, steps: int) -> None:
             state.epoch, state.step_in_epoch = state.epoch + 1, 0
         batch = (torch.randn(2, 1, 16, 16, 16), torch.randn(2, 1, 16, 16, 16), torch.tensor([0, -1]))
         logs = train_step(state.method, state, batch, Precision.of("fp32", CPU), TOTAL, 0.1, CPU)
-        state.advance(logs["loss"])
+        state.advance(float(logs["loss"]))
 
 
 def _equal(a, b) -> bool:

@@ -36,7 +36,7 @@ from medcl.train.optim import build_optimizer, build_scheduler, scaled_lr
 from medcl.train.pairs import Batch, PairSource, epoch_batches, rank_shards
 from medcl.train.speed import SpeedSetup
 from medcl.train.state import TrainState
-from medcl.train.step import Precision, train_step
+from medcl.train.step import Precision, StepMetrics, train_step
 
 
 @dataclass
@@ -170,26 +170,53 @@ def _rank_batches(source: PairSource, n_scans: int, plan: Plan, seed: int, epoch
         yield v1.to(dtype, memory_format=memory_format), v2.to(dtype, memory_format=memory_format), y
 
 
+def _fetch_due(state: TrainState, t: TrainConfig) -> bool:
+    """Fetch the step scalars now (``state`` has just advanced): every ``train.log_every_steps``
+    steps, at the end of an epoch, and before a mid-epoch checkpoint (which stores the losses)."""
+    return (state.step % t.log_every_steps == 0 or state.step_in_epoch == state.steps_per_epoch
+            or (t.checkpoint_every_steps > 0 and state.step % t.checkpoint_every_steps == 0))
+
+
+def _epoch(trainer: Trainer, batches: Iterator[Batch], callbacks: Callback, metrics: StepMetrics, t: TrainConfig,
+           total_steps: int, device: torch.device) -> None:
+    """The steps of one epoch. Nothing here waits for the device but the fetch of the scalars
+    (:class:`~medcl.train.step.StepMetrics`) when it is due; the ``health/*`` metrics are
+    computed on the steps that end a ``train.log_every_steps`` window."""
+    state = trainer.state
+    for batch in batches:
+        health = (state.step + 1) % t.log_every_steps == 0
+        logs = train_step(trainer.model, state, batch, trainer.precision, total_steps, t.collapse_threshold, device,
+                          health)
+        state.advance()
+        metrics.add(state.step - 1, logs)
+        if _fetch_due(state, t):
+            for step, values in metrics.fetch():
+                state.losses.append(values["loss"])
+                callbacks.on_log(state, step, values)
+        callbacks.on_step_end(state)
+
+
 def _train(trainer: Trainer, source: PairSource, callbacks: Callback, cfg: Config, plan: Plan,
            info: dist.DistInfo, out_dir: Path, n_scans: int) -> PretrainResult:
     """The epochs from the state's position on; then the encoder, written by rank 0."""
     t, state, precision = cfg.train, trainer.state, trainer.precision
     result = PretrainResult(out_dir / "encoder.pt", out_dir / "checkpoints" / "last.pt", state.losses)
     start = time.perf_counter()
+    metrics = StepMetrics()
     callbacks.on_train_start(state)
-    first_epoch = state.epoch
-    for epoch in range(first_epoch, t.epochs):
-        state.epoch = epoch
-        state.method.train()
-        if epoch != first_epoch:
-            state.step_in_epoch = 0
-        for batch in _rank_batches(source, n_scans, plan, t.seed, epoch, state.step_in_epoch, info, precision.dtype,
-                                   trainer.speed.memory_format):
-            logs = train_step(trainer.model, state, batch, precision, plan.total_steps, t.collapse_threshold, info.device)
-            state.advance(logs["loss"])
-            callbacks.on_step_end(state, logs)
-        callbacks.on_epoch_end(state)
-    callbacks.on_train_end(state)
+    try:
+        first_epoch = state.epoch
+        for epoch in range(first_epoch, t.epochs):
+            state.epoch = epoch
+            state.method.train()
+            if epoch != first_epoch:
+                state.step_in_epoch = 0
+            batches = _rank_batches(source, n_scans, plan, t.seed, epoch, state.step_in_epoch, info, precision.dtype,
+                                    trainer.speed.memory_format)
+            _epoch(trainer, batches, callbacks, metrics, t, plan.total_steps, info.device)
+            callbacks.on_epoch_end(state)
+    finally:
+        callbacks.on_train_end(state)
     if info.main:
         encoder = state.method.encoder.state_dict()
         save_atomic({k: v.float() if v.is_floating_point() else v for k, v in encoder.items()}, result.encoder_path)

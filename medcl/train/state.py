@@ -112,9 +112,11 @@ class TrainState:
     step: int = 0
     losses: list[float] = field(default_factory=list)
 
-    def advance(self, loss: float) -> None:
-        """One optimiser step done, with this (all-rank mean) loss."""
-        self.losses.append(loss)
+    def advance(self, loss: float | None = None) -> None:
+        """One optimiser step done; its (all-rank mean) loss appended when given (the loop
+        appends the losses when it fetches them from the device, before any checkpoint)."""
+        if loss is not None:
+            self.losses.append(loss)
         self.step += 1
         self.step_in_epoch += 1
 
