@@ -56,7 +56,7 @@ CA=${MEDCL_CA_BUNDLE:-${PIP_CERT:-}}
 if [ -n "$CA" ]; then cp "$CA" docker/build-extras/ca-bundle.crt; fi
 
 BUILD=(build -f docker/Dockerfile -t "$IMAGE" --build-arg "BASE_IMAGE=$BASE"
-       --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL"
+       --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL" --build-arg "REQUIRE_CUDA=${MEDCL_REQUIRE_CUDA:-auto}"
        --build-arg "MEDCL_GIT_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)")
 # podman 4 reads no <Dockerfile>.dockerignore by itself; docker (BuildKit) does.
 if [ "$ENGINE" = podman ]; then
