@@ -93,3 +93,11 @@ def test_a_cpu_torch_fails_the_build_when_cuda_is_required(wheels, tmp_path):
     r = _install(py, wheels["extras"], "1", "medcl_probe")
     assert r.returncode == 1 and "has no CUDA" in r.stderr and "REQUIRE_CUDA=1" in r.stderr
     assert _install(py, wheels["extras"], "auto", "medcl_probe").returncode == 0   # a CPU image may
+
+
+def test_the_smoke_test_runs_torchrun_pretrain_in_the_container():
+    """docker/smoke.sh (needs a container engine) pretrains with 2 processes through the image's
+    torchrun; the same line as docs/deploy.md's, on the CPU with gloo."""
+    smoke = (SCRIPT.parent / "smoke.sh").read_text()
+    assert '--entrypoint torchrun "$IMAGE" --standalone --nproc_per_node 2' in smoke
+    assert "-m medcl.cli pretrain --cohort /data/out/demo/cohort" in smoke and "train.ddp_backend=gloo" in smoke
