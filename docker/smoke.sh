@@ -87,7 +87,9 @@ start=$(date +%s)
 echo "== demo finished in $(( $(date +%s) - start )) s"
 
 echo "== the image's torchrun: 2 processes (gloo) pretraining on the demo's cohort"
-"$ENGINE" "${FLAGS[@]}" "${RUN[@]}" --entrypoint torchrun "$IMAGE" --standalone --nproc_per_node 2 \
+# --hostname localhost: without a network the container's own name does not resolve, and
+# torchrun's rendezvous store listens on it
+"$ENGINE" "${FLAGS[@]}" "${RUN[@]}" --hostname localhost --entrypoint torchrun "$IMAGE" --standalone --nproc_per_node 2 \
     -m medcl.cli pretrain --cohort /data/out/demo/cohort --out /data/out/torchrun --quiet --no-register \
     augment.view_size=16 model.widen_factor=0.25 train.epochs=1 train.batch_size=4 train.num_workers=0 \
     train.device=cpu train.ddp_backend=gloo

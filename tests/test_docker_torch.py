@@ -99,5 +99,5 @@ def test_the_smoke_test_runs_torchrun_pretrain_in_the_container():
     """docker/smoke.sh (needs a container engine) pretrains with 2 processes through the image's
     torchrun; the same line as docs/deploy.md's, on the CPU with gloo."""
     smoke = (SCRIPT.parent / "smoke.sh").read_text()
-    assert '--entrypoint torchrun "$IMAGE" --standalone --nproc_per_node 2' in smoke
+    assert '--hostname localhost --entrypoint torchrun "$IMAGE" --standalone --nproc_per_node 2' in smoke
     assert "-m medcl.cli pretrain --cohort /data/out/demo/cohort" in smoke and "train.ddp_backend=gloo" in smoke
