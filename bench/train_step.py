@@ -8,8 +8,10 @@ three ways in the same run: volumes per second and achieved TFLOP/s.
 * ``monai per-sample``: the loop's ``ScanPairs`` (MONAI transforms per sample) in a standard
   ``DataLoader`` with ``--monai-workers`` workers, pinned, copied to the device.
 
-On a GPU every contender gets the same model set-up (:mod:`medcl.train.speed`): bf16 autocast,
-channels_last_3d, cuDNN autotuning, fused AdamW, optionally ``torch.compile``. A volume is one
+Every contender runs ``medcl pretrain``'s own step (:func:`medcl.train.loop.build_trainer` and
+:func:`medcl.train.step.train_step`), so on a GPU it has the loop's set-up
+(:class:`medcl.train.speed.SpeedSetup`): bf16 autocast, channels_last_3d, cuDNN autotuning,
+fused AdamW, and ``torch.compile`` with ``--compile``. A volume is one
 view (a pair is two). TFLOP/s = FLOPs of a step (counted once on the meta device) x steps / s.
 Each figure is the median of ``--repeat`` runs. On a GPU the script also reports the largest
 batch that fits ``--memory-gb`` of GPU memory at this view size. Without a GPU it runs the
@@ -38,10 +40,12 @@ from common import ROOT, Timer, cohort_summary, machine, median_of, synthetic_co
 from medcl.config import Config
 from medcl.data.cohort import Cohort
 from medcl.models import ProjectionHead, build_encoder
-from medcl.ssl import build_method
+from medcl import dist
 from medcl.train import speed
 from medcl.train.batched_pairs import BatchedPairs
+from medcl.train.loop import Plan, build_trainer
 from medcl.train.monai_pairs import ScanPairs
+from medcl.train.step import train_step
 
 
 def random_batches(n: int, batch: int, count: int, seed: int) -> list[list[int]]:
@@ -50,22 +54,24 @@ def random_batches(n: int, batch: int, count: int, seed: int) -> list[list[int]]
 
 
 class Trainer:
-    """One model, one optimiser; ``step(v1, v2, y)`` is a full training step."""
+    """``medcl pretrain``'s own trainer (:func:`medcl.train.loop.build_trainer`: its speed
+    settings, precision, optimiser and schedule); ``step(v1, v2, y)`` is the loop's
+    :func:`medcl.train.step.train_step`, fetching nothing from the device."""
 
-    def __init__(self, cfg: Config, device: torch.device, compile: bool):
-        speed.configure_backends(device)
-        torch.manual_seed(0)
+    def __init__(self, cfg: Config, device: torch.device, total_steps: int):
         self.device = device
-        self.method = speed.prepare_model(build_method(cfg), device, channels_last=True, compile=compile)
-        self.opt = speed.fused_adamw(self.method.parameters(), 1e-4, 1e-4, device)
+        plan = Plan(cfg.train.batch_size, total_steps, total_steps)
+        self.trainer = build_trainer(cfg, plan, dist.DistInfo(0, 1, 0, device))
+        self.total, self.threshold = total_steps, cfg.train.collapse_threshold
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return self.trainer.speed.memory_format
 
     def step(self, v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor) -> None:
-        with speed.autocast(self.device):
-            out = self.method(v1, v2, y)
-        loss = out.loss if hasattr(out, "loss") else out[0]
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        t = self.trainer
+        train_step(t.model, t.state, (v1, v2, y), t.precision, self.total, self.threshold, self.device)
+        t.state.step += 1
 
 
 def run_steps(trainer: Trainer, batches, warmup: int, steps: int) -> float:
@@ -119,8 +125,9 @@ def main() -> None:
 
     flops = speed.step_flops(build, 2 * b, s)
     print(f"FLOPs per step (forward + backward, {2 * b} volumes): {flops / 1e12:.3f} T")
-    trainer = Trainer(cfg, device, args.compile)
-    fmt = torch.channels_last_3d if cuda else torch.contiguous_format
+    cfg.train.compile = args.compile
+    trainer = Trainer(cfg, device, total_steps=100_000)
+    fmt = trainer.memory_format
     total = args.warmup + args.steps
     rows = []
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the medcl image and run a quick `medcl demo` inside it, then `medcl predict` on the model
-# the demo registered, as the image's non-root user. Record the output in docs/deploy.md.
+# Build the medcl image and run a quick `medcl demo` inside it, then `torchrun --nproc_per_node 2
+# -m medcl.cli pretrain` (gloo) with the image's torchrun, then `medcl predict` on the model the
+# demo registered, as the image's non-root user. Record the output in docs/deploy.md.
 #
 #   docker/smoke.sh                      # docker if a Docker engine answers, else podman
 #   MEDCL_ENGINE=podman MEDCL_LOCAL_BASE=1 MEDCL_WHEELHOUSE=/opt/wheels docker/smoke.sh
@@ -56,7 +57,7 @@ CA=${MEDCL_CA_BUNDLE:-${PIP_CERT:-}}
 if [ -n "$CA" ]; then cp "$CA" docker/build-extras/ca-bundle.crt; fi
 
 BUILD=(build -f docker/Dockerfile -t "$IMAGE" --build-arg "BASE_IMAGE=$BASE"
-       --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL"
+       --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL" --build-arg "REQUIRE_CUDA=${MEDCL_REQUIRE_CUDA:-auto}"
        --build-arg "MEDCL_GIT_COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)")
 # podman 4 reads no <Dockerfile>.dockerignore by itself; docker (BuildKit) does.
 if [ "$ENGINE" = podman ]; then
@@ -84,6 +85,15 @@ start=$(date +%s)
     demo.n_subjects=18 data.spacing=6.0 augment.view_size=16 model.widen_factor=0.25 train.epochs=2 \
     train.batch_size=4 train.num_workers=0 train.device=cpu fewshot.shots=1,2 fewshot.n_episodes=20 fewshot.n_query=1
 echo "== demo finished in $(( $(date +%s) - start )) s"
+
+echo "== the image's torchrun: 2 processes (gloo) pretraining on the demo's cohort"
+# --hostname localhost: without a network the container's own name does not resolve, and
+# torchrun's rendezvous store listens on it
+"$ENGINE" "${FLAGS[@]}" "${RUN[@]}" --hostname localhost --entrypoint torchrun "$IMAGE" --standalone --nproc_per_node 2 \
+    -m medcl.cli pretrain --cohort /data/out/demo/cohort --out /data/out/torchrun --quiet --no-register \
+    augment.view_size=16 model.widen_factor=0.25 train.epochs=1 train.batch_size=4 train.num_workers=0 \
+    train.device=cpu train.ddp_backend=gloo
+test -s "$OUT/torchrun/pretrain/encoder.pt" || test -s "$OUT/torchrun/encoder.pt"
 
 echo "== medcl predict with the registered model, in a fresh container"
 SCAN=$(find "$OUT/demo/demo_src/nifti" -name '*.nii.gz' | sort | head -1)

@@ -112,6 +112,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda
     threads: int = 0                 # torch CPU threads; 0 = torch's default
+    compile: bool = False            # torch.compile the step's module (medcl.train.speed; minutes to compile)
+    log_every_steps: int = 10        # step scalars fetched from the device (and health/* computed) every N steps
     precision: str = "auto"          # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 (CUDA, gradient scaler) | fp64 (numerical checks)
     sync_bn: bool = False            # DDP: batch-norm statistics over every process's samples
     ddp_backend: str = "auto"        # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
@@ -308,6 +310,7 @@ def _train_checks(t: TrainConfig) -> list[tuple[bool, str, str]]:
          "must be auto, fp32, bf16, fp16 or fp64"),
         (t.ddp_backend in ("auto", "nccl", "gloo"), "train.ddp_backend", "must be auto, nccl or gloo"),
         (t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", "must be >= 0 (0 = off)"),
+        (t.log_every_steps >= 1, "train.log_every_steps", "must be >= 1"),
         (t.collapse_threshold >= 0, "train.collapse_threshold", "must be >= 0"),
         (t.knn_every_epochs >= 0, "train.knn_every_epochs", "must be >= 0 (0 = off)"),
         (t.knn_k >= 1, "train.knn_k", "must be >= 1"),

@@ -138,14 +138,21 @@ def gather_nograd(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def mean_over_ranks(values: torch.Tensor) -> list[float]:
+    """Each entry of the float64 tensor ``values`` averaged over the ranks, on the host: one
+    all-reduce and one device-to-host copy however many numbers (the loop's step scalars)."""
+    if world_size() > 1:
+        dist.all_reduce(values)
+    return [v / world_size() for v in values.tolist()]
+
+
 def all_reduce_mean(values: dict[str, float], device: torch.device | None = None) -> dict[str, float]:
     """Mean of each value over the ranks (for logging); unchanged with one process."""
     if world_size() == 1 or not values:
         return values
     keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return {k: float(v) / world_size() for k, v in zip(keys, t.tolist())}
+    return dict(zip(keys, mean_over_ranks(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
+                                                       device=device))))
 
 
 class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):

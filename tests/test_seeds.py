@@ -48,7 +48,8 @@ def test_pace_line_comes_once_after_step_20_and_not_before(capsys):
     printed = []
     for step in range(1, 31):
         state.step = step
-        log.on_step_end(state, {"loss": 1.0})
+        log.on_log(state, step - 1, {"loss": 1.0})
+        log.on_step_end(state)
         printed.append(capsys.readouterr().out)
     log.on_train_end(state)
     assert all(p == "" for i, p in enumerate(printed) if i != TIMED_STEPS - 1)

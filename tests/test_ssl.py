@@ -93,7 +93,7 @@ def test_unlabelled_scans_are_classes_of_their_own():
 
 def test_learned_temperature():
     t = Temperature(0.2, learn=True)
-    assert float(t().detach()) == pytest.approx(0.2) and t.logs() == {"temperature": pytest.approx(0.2)}
+    assert float(t().detach()) == pytest.approx(0.2) and float(t.logs()["temperature"]) == pytest.approx(0.2)
     with torch.no_grad():
         t.log_t.fill_(math.log(1e-4))
     assert float(t().detach()) == pytest.approx(0.01)                  # bounded below
@@ -146,10 +146,10 @@ def test_alignment_and_uniformity_by_hand():
     log mean over pairs of exp(-2 ||x - y||^2)."""
     a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     b = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
-    assert alignment(a, b) == pytest.approx((0 + 2) / 2)
+    assert float(alignment(a, b)) == pytest.approx((0 + 2) / 2)
     z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
     d2 = [2.0, 4.0, 2.0]                                      # pairs (0,1), (0,2), (1,2)
-    assert uniformity(z) == pytest.approx(math.log(sum(math.exp(-2 * d) for d in d2) / 3), abs=1e-6)
+    assert float(uniformity(z)) == pytest.approx(math.log(sum(math.exp(-2 * d) for d in d2) / 3), abs=1e-6)
 
 
 def test_collapse_is_flagged():
@@ -160,7 +160,7 @@ def test_collapse_is_flagged():
     point = torch.ones(32, 64) + 1e-4 * torch.randn(32, 64, generator=g)
     collapsed = health_metrics(point, point, threshold=0.1)
     assert collapsed["health/std_ratio"] < 0.01 and collapsed["health/collapsed"] == 1.0
-    assert collapsed["health/alignment"] == pytest.approx(0.0, abs=1e-6)
+    assert float(collapsed["health/alignment"]) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_knn_probe_on_separable_classes_and_subject_exclusion():

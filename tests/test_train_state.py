@@ -44,7 +44,7 @@ def _train(state: TrainState, steps: int) -> None:
             state.epoch, state.step_in_epoch = state.epoch + 1, 0
         batch = (torch.randn(2, 1, 16, 16, 16), torch.randn(2, 1, 16, 16, 16), torch.tensor([0, -1]))
         logs = train_step(state.method, state, batch, Precision.of("fp32", CPU), TOTAL, 0.1, CPU)
-        state.advance(logs["loss"])
+        state.advance(float(logs["loss"]))
 
 
 def _equal(a, b) -> bool:
@@ -111,3 +111,35 @@ def test_position_and_resume_under_another_config(tmp_path):
     same = _state(seed=1, args=ARGS + ["train.num_workers=3"])      # a change that keeps the trajectory
     same.resume(tmp_path / "last.pt")
     assert same.step == 9
+
+
+def _fake_gpus(monkeypatch, count: int, restored: list) -> None:
+    """This process sees ``count`` GPUs (0: none) whose generators' states are made up: GPU i's
+    state is 16 bytes of value i; restoring a GPU's generator is recorded in ``restored``."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all",
+                        lambda: [torch.full((16,), i, dtype=torch.uint8) for i in range(count)])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((int(device), s.clone())))
+
+
+@pytest.mark.parametrize("saved_gpus,resumed_gpus", [(8, 1), (8, 0), (2, 4), (0, 2), (4, 4)])
+def test_a_checkpoint_resumes_on_any_number_of_gpus_or_on_a_cpu(tmp_path, monkeypatch, saved_gpus, resumed_gpus):
+    """Written where ``saved_gpus`` GPUs were visible, resumed where ``resumed_gpus`` are: the
+    generators both have are restored by index, the rest of the state as always."""
+    ran = _state(seed=0)
+    _train(ran, 2)
+    restored: list = []
+    _fake_gpus(monkeypatch, saved_gpus, restored)
+    path = tmp_path / "last.pt"
+    save_atomic(ran.state_dict(), path)
+    after_save = torch.rand(3)
+    _fake_gpus(monkeypatch, resumed_gpus, restored)
+    fresh = _state(seed=1)
+    fresh.load_state_dict(load_checkpoint(path))
+    assert torch.equal(torch.rand(3), after_save)
+    assert [d for d, _ in restored] == list(range(min(saved_gpus, resumed_gpus)))
+    assert all(torch.equal(s, torch.full((16,), d, dtype=torch.uint8)) for d, s in restored)
+    assert _equal(fresh.method.state_dict(), ran.method.state_dict()) and fresh.step == 2
+    _train(fresh, 1)
+    assert fresh.step == 3

@@ -3,7 +3,9 @@
 Each function checks its arguments, cites its paper and shows a runnable example in its
 module docstring. Under DDP a method passes the embeddings of every GPU (gathered with
 :func:`medcl.dist.gather`, which carries gradients), so the loss is computed on the
-global batch exactly as on one GPU.
+global batch exactly as on one GPU. Every loss is wrapped in :func:`medcl.losses._checks.fp32`:
+it runs in float32 whatever the caller's autocast (bf16 logits at t = 0.1 would be off by ~0.02),
+and a new loss must be wrapped too (tests/test_losses_fp32.py checks every name below).
 
 | function | paper | coupling across the batch |
 |---|---|---|

@@ -1,6 +1,9 @@
-"""Argument checks shared by the loss functions: one-line errors that name the loss and the argument."""
+"""Shared by the loss functions: argument checks (one-line errors that name the loss and the
+argument) and :func:`fp32`, which every loss is wrapped in."""
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -41,3 +44,24 @@ def mean_nonzero(losses: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def upcast(x: torch.Tensor) -> torch.Tensor:
     """float16/bfloat16 (autocast) to float32 for the loss arithmetic; float32/64 kept as they are."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _upcast_arg(x):
+    return upcast(x) if torch.is_tensor(x) else x
+
+
+def fp32(loss):
+    """Decorator of every loss in :mod:`medcl.losses`: the loss runs in float32 whatever the
+    caller's autocast. Under ``torch.autocast`` (``train.precision`` bf16/fp16) the inputs of
+    ``@``/``mm``/``cdist`` would be cast back to the low precision, so a similarity logit at
+    temperature 0.1 would carry an error of ~0.02; here autocast is off for the loss's device
+    and float16/bfloat16 tensor arguments are upcast first, so the loss and its logits are
+    those of an fp32 run (float64 inputs stay float64). ``loss.fp32_loss`` marks it (the tests
+    check that every loss of the package has it)."""
+    @functools.wraps(loss)
+    def wrapper(*args, **kwargs):
+        device = next((a.device.type for a in args if torch.is_tensor(a)), "cpu")
+        with torch.autocast(device, enabled=False):
+            return loss(*map(_upcast_arg, args), **{k: _upcast_arg(v) for k, v in kwargs.items()})
+    wrapper.fp32_loss = True
+    return wrapper

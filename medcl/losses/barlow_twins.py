@@ -25,10 +25,10 @@ from medcl.losses import _checks
 
 
 def _standardise(z: torch.Tensor, eps: float) -> torch.Tensor:
-    z = _checks.upcast(z)
     return (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + eps)
 
 
+@_checks.fp32
 def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3, eps: float = 1e-5) -> torch.Tensor:
     """Barlow Twins loss of (N, D) embeddings, N >= 2; ``lambd`` weighs the off-diagonal."""
     _checks.pair("barlow_twins", z1, z2, min_n=2)

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from medcl.losses import _checks
 
 
+@_checks.fp32
 def normalized_regression(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Mean of ``2 - 2 cos(p_i, z_i)``; ``p`` and ``z`` both (N, D)."""
     _checks.pair("normalized_regression", p, z, a_name="p", b_name="z")
-    return (2 - 2 * F.cosine_similarity(_checks.upcast(p), _checks.upcast(z), dim=1)).mean()
+    return (2 - 2 * F.cosine_similarity(p, z, dim=1)).mean()

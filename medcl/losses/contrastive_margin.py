@@ -28,13 +28,14 @@ import torch.nn.functional as F
 from medcl.losses import _checks
 
 
+@_checks.fp32
 def contrastive_margin(z: torch.Tensor, labels: torch.Tensor, pos_margin: float = 0.0,
                        neg_margin: float = 1.0) -> torch.Tensor:
     """Margin contrastive loss of embeddings ``z`` (N, D) with integer ``labels`` (N,)."""
     _checks.embeddings_and_labels("contrastive_margin", z, labels)
     _checks.positive("contrastive_margin", "pos_margin", pos_margin, allow_zero=True)
     _checks.positive("contrastive_margin", "neg_margin", neg_margin)
-    z = F.normalize(_checks.upcast(z), dim=1)
+    z = F.normalize(z, dim=1)
     d = torch.cdist(z, z)
     same = labels[:, None] == labels[None, :]
     pos = same & ~torch.eye(len(z), dtype=torch.bool, device=z.device)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from medcl.losses import _checks
 
 
+@_checks.fp32
 def info_nce(query: torch.Tensor, key: torch.Tensor, temperature: float | torch.Tensor = 0.2,
              queue: torch.Tensor | None = None, in_batch: bool = True) -> torch.Tensor:
     """Mean InfoNCE of queries ``query`` (N, D) whose positives are ``key`` (N, D), row by row;
@@ -37,11 +38,11 @@ def info_nce(query: torch.Tensor, key: torch.Tensor, temperature: float | torch.
     n_neg = (query.shape[0] - 1 if in_batch else 0) + (0 if queue is None else queue.shape[0])
     if n_neg == 0:
         raise ValueError("info_nce: no negatives (give a non-empty queue, or in_batch=True with N >= 2)")
-    q, k = F.normalize(_checks.upcast(query), dim=1), F.normalize(_checks.upcast(key), dim=1)
+    q, k = F.normalize(query, dim=1), F.normalize(key, dim=1)
     if in_batch:
         parts, target = [q @ k.t()], torch.arange(q.shape[0], device=q.device)
     else:
         parts, target = [(q * k).sum(1, keepdim=True)], torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
     if queue is not None and queue.shape[0]:
-        parts.append(q @ F.normalize(_checks.upcast(queue).to(q.dtype), dim=1).t())
+        parts.append(q @ F.normalize(queue.to(q.dtype), dim=1).t())
     return F.cross_entropy(torch.cat(parts, dim=1) / temperature, target)

@@ -27,12 +27,13 @@ import torch.nn.functional as F
 from medcl.losses import _checks
 
 
+@_checks.fp32
 def n_pair(anchors: torch.Tensor, positives: torch.Tensor, labels: torch.Tensor | None = None,
            l2_reg: float = 0.0) -> torch.Tensor:
     """N-pair loss of the pairs ``(anchors[i], positives[i])``, both (N, D), N >= 2."""
     _checks.pair("n_pair", anchors, positives, min_n=2, a_name="anchors", b_name="positives")
     _checks.positive("n_pair", "l2_reg", l2_reg, allow_zero=True)
-    a, p = _checks.upcast(anchors), _checks.upcast(positives)
+    a, p = anchors, positives
     logits = a @ p.t()
     if labels is not None:
         _checks.embeddings_and_labels("n_pair", a, labels)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from medcl.losses import _checks
 
 
+@_checks.fp32
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float | torch.Tensor = 0.5) -> torch.Tensor:
     """Mean NT-Xent loss of the pairs ``(z1[i], z2[i])``; both of shape (N, D), N >= 2."""
     if z1.shape != z2.shape or z1.ndim != 2:
@@ -32,7 +33,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float | torch.Tenso
     if not torch.is_tensor(temperature) and temperature <= 0:
         raise ValueError(f"nt_xent: temperature must be > 0, got {temperature}")
     n = z1.shape[0]
-    z = F.normalize(_checks.upcast(torch.cat([z1, z2])), dim=1)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
     self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
     logits = (z @ z.t() / temperature).masked_fill(self_mask, float("-inf"))
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)

@@ -25,12 +25,13 @@ import torch.nn.functional as F
 from medcl.losses import _checks
 
 
+@_checks.fp32
 def supcon(z: torch.Tensor, labels: torch.Tensor, temperature: float | torch.Tensor = 0.1) -> torch.Tensor:
     """Mean supervised contrastive loss of embeddings ``z`` (N, D) with integer ``labels`` (N,)."""
     _checks.embeddings_and_labels("supcon", z, labels)
     _checks.positive("supcon", "temperature", temperature)
     n = z.shape[0]
-    z = F.normalize(_checks.upcast(z), dim=1)
+    z = F.normalize(z, dim=1)
     self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
     pos = (labels[:, None] == labels[None, :]) & ~self_mask
     has_pos = pos.any(1)

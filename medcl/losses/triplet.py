@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from medcl.losses import _checks
 
 
+@_checks.fp32
 def triplet_margin(z: torch.Tensor, labels: torch.Tensor, margin: float = 0.05) -> torch.Tensor:
     """Mean positive triplet loss of embeddings ``z`` (N, D) with integer ``labels`` (N,)."""
     _checks.embeddings_and_labels("triplet_margin", z, labels)
     _checks.positive("triplet_margin", "margin", margin, allow_zero=True)
-    z = F.normalize(_checks.upcast(z), dim=1)
+    z = F.normalize(z, dim=1)
     d = torch.cdist(z, z)
     same = labels[:, None] == labels[None, :]
     pos = same & ~torch.eye(len(z), dtype=torch.bool, device=z.device)

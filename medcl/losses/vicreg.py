@@ -37,6 +37,7 @@ def _covariance(z: torch.Tensor) -> torch.Tensor:
     return (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d
 
 
+@_checks.fp32
 def vicreg(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
            cov_weight: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
     """VICReg loss of (N, D) embeddings, N >= 2."""
@@ -44,7 +45,6 @@ def vicreg(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_wei
     for arg, value in (("sim_weight", sim_weight), ("var_weight", var_weight), ("cov_weight", cov_weight)):
         _checks.positive("vicreg", arg, value, allow_zero=True)
     _checks.positive("vicreg", "eps", eps)
-    z1, z2 = _checks.upcast(z1), _checks.upcast(z2)
     return (sim_weight * F.mse_loss(z1, z2)
             + var_weight * (_variance(z1, eps) + _variance(z2, eps)) / 2
             + cov_weight * (_covariance(z1) + _covariance(z2)))

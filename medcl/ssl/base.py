@@ -44,8 +44,9 @@ class Temperature(nn.Module):
     def forward(self) -> float | torch.Tensor:
         return self.log_t.exp().clamp_min(self.minimum) if self.learn else self.value
 
-    def logs(self) -> dict[str, float]:
-        return {"temperature": float(self().detach())} if self.learn else {}
+    def logs(self) -> dict[str, torch.Tensor]:
+        """The learned temperature, left on the device (the loop fetches it with the step's scalars)."""
+        return {"temperature": self().detach()} if self.learn else {}
 
 
 def momentum_copy(module: nn.Module) -> nn.Module:
@@ -72,7 +73,7 @@ def cosine_momentum(step: int, total: int, base: float, end: float = 1.0) -> flo
 def own_class_labels(labels: torch.Tensor) -> torch.Tensor:
     """Unlabelled samples (label < 0) each get a class of their own, above every real label."""
     labels = labels.long()
-    top = int(labels.max().clamp_min(-1)) + 1 if labels.numel() else 0
+    top = labels.max().clamp_min(-1) + 1 if labels.numel() else 0     # a tensor: no host synchronisation
     idx = torch.arange(len(labels), device=labels.device)
     return torch.where(labels < 0, top + idx, labels)
 

@@ -31,11 +31,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow  # noqa: E402
 
+from medcl.tracking.background import BackgroundLog  # noqa: E402
 from medcl.tracking.environment import environment, environment_tags  # noqa: E402
 from medcl.tracking.spool import RunHandle, Tracker, TrackingWarning, call_with_retry, is_transient  # noqa: E402
 from medcl.tracking.system_metrics import start_monitor  # noqa: E402
 
-__all__ = ["setup", "resolve_uri", "default_uri", "use_uri", "start_run", "current_run", "log_metrics", "log_params", "set_tags",
+__all__ = ["BackgroundLog", "background_log", "setup", "resolve_uri", "default_uri", "use_uri", "start_run", "current_run", "log_metrics", "log_params", "set_tags",
            "log_dict", "log_text", "log_artifact", "log_fewshot_evaluation", "tracker", "spool_path_for", "RunHandle", "TrackingWarning",
            "call_with_retry", "is_transient"]
 
@@ -207,6 +208,12 @@ def _target(run: RunHandle | None) -> tuple[Tracker, RunHandle] | None:
 def log_metrics(metrics: dict[str, float], step: int, run: RunHandle | None = None) -> None:
     if (t := _target(run)) is not None:
         t[0].log_batch(t[1], metrics=metrics, step=step)
+
+
+def background_log() -> BackgroundLog:
+    """A :class:`~medcl.tracking.background.BackgroundLog`: ``log_metrics`` as above, sent by a
+    writer thread (close it before the run ends)."""
+    return BackgroundLog(_target)
 
 
 def log_params(params: dict, run: RunHandle | None = None) -> None:

@@ -370,8 +370,9 @@ class Tracker:
         return rec
 
     def log_batch(self, run: RunHandle, metrics: dict | None = None, step: int = 0,
-                  params: dict | None = None, tags: dict | None = None) -> None:
-        ts = int(time.time() * 1000)
+                  params: dict | None = None, tags: dict | None = None, timestamp: int | None = None) -> None:
+        """``timestamp`` (ms): when the metrics were logged, if not now (a background writer)."""
+        ts = int(time.time() * 1000) if timestamp is None else int(timestamp)
         m = [[k, float(v), ts, int(step)] for k, v in (metrics or {}).items()]
         p = [(k, str(v)[:6000]) for k, v in (params or {}).items()]
         t = [(k, str(v)) for k, v in (tags or {}).items()]

@@ -10,7 +10,7 @@
 | ``pairs``, ``data``, ``monai_pairs``, ``batched_pairs``, ``store`` | where the batches of view pairs come from |
 | ``optim`` | AdamW, SGD, LARS; warmup + cosine; batch-scaled learning rate |
 | ``health`` | collapse metrics and the online kNN probe |
-| ``speed`` | GPU speed settings for benchmarks |
+| ``speed`` | GPU speed settings of the loop and bench/train_step.py; FLOPs; the batch that fits |
 
 Collectives (DDP) are :mod:`medcl.dist`, below the methods that use them.
 """

@@ -1,11 +1,14 @@
-"""What the loop does around its steps, as small callbacks called at four hooks:
+"""What the loop does around its steps, as small callbacks called at five hooks:
 
 - ``on_train_start(state)``: after the state is built (and restored, on resume), before the
   first step;
-- ``on_step_end(state, logs)``: after each optimiser step, once ``state`` has advanced
-  (``state.step - 1`` is the step just done; ``logs`` its scalars, averaged over the ranks);
+- ``on_log(state, step, logs)``: for each step whose scalars the loop has just fetched from the
+  device (``logs``, averaged over the ranks), in step order; the loop fetches every
+  ``train.log_every_steps`` steps, at the end of each epoch and before a checkpoint;
+- ``on_step_end(state)``: after each optimiser step, once ``state`` has advanced
+  (``state.step - 1`` is the step just done) and after its ``on_log`` calls, if any;
 - ``on_epoch_end(state)``: after the last step of an epoch;
-- ``on_train_end(state)``: after the last epoch.
+- ``on_train_end(state)``: after the last epoch, or when training stops on an error.
 
 They run in the order given to :class:`Callbacks`; the loop gives the ones that log or write
 files to rank 0 only. None of them touches a random generator or a weight, so a run's numbers
@@ -25,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm import tqdm
 
-from medcl.tracking import log_metrics
+from medcl.tracking import BackgroundLog, background_log, log_metrics
 from medcl.train.health import KnnProbe
 from medcl.train.state import TrainState
 
@@ -38,8 +41,11 @@ class Callback:
     def on_train_start(self, state: TrainState) -> None:
         """Before the first step of this process (after a resume: the first new step)."""
 
-    def on_step_end(self, state: TrainState, logs: dict[str, float]) -> None:
-        """After each optimiser step, with the step's logged values (averaged over the processes)."""
+    def on_log(self, state: TrainState, step: int, logs: dict[str, float]) -> None:
+        """The scalars of step ``step`` (0-based), fetched from the device, averaged over the processes."""
+
+    def on_step_end(self, state: TrainState) -> None:
+        """After each optimiser step."""
 
     def on_epoch_end(self, state: TrainState) -> None:
         """After the last step of each epoch."""
@@ -58,9 +64,13 @@ class Callbacks(Callback):
         for c in self.callbacks:
             c.on_train_start(state)
 
-    def on_step_end(self, state: TrainState, logs: dict[str, float]) -> None:
+    def on_log(self, state: TrainState, step: int, logs: dict[str, float]) -> None:
         for c in self.callbacks:
-            c.on_step_end(state, logs)
+            c.on_log(state, step, logs)
+
+    def on_step_end(self, state: TrainState) -> None:
+        for c in self.callbacks:
+            c.on_step_end(state)
 
     def on_epoch_end(self, state: TrainState) -> None:
         for c in self.callbacks:
@@ -101,25 +111,30 @@ class StepTiming:
 
 
 class ProgressLog(Callback):
-    """Every step's scalars to the active MLflow run (at the step's index) and a progress bar;
-    after the TIMED_STEPS-th step of this process, the measured pace (warm-up steps left out):
-    one printed line (with the bar), ``pretrain/s_per_step`` in MLflow, and ``on_timing``
-    called with the :class:`StepTiming`."""
+    """Every fetched step's scalars to the active MLflow run (at the step's index), sent by a
+    background writer (:func:`medcl.tracking.background_log`: the step never waits for MLflow),
+    and a progress bar; after the TIMED_STEPS-th step of this process, the measured pace
+    (warm-up steps left out): one printed line (with the bar), ``pretrain/s_per_step`` in
+    MLflow, and ``on_timing`` called with the :class:`StepTiming`."""
 
     def __init__(self, total_steps: int, desc: str, show_bar: bool,
                  on_timing: Callable[[StepTiming], None] | None = None):
         self.total, self.desc, self.show_bar, self.on_timing = total_steps, desc, show_bar, on_timing
         self.bar: tqdm | None = None
+        self.writer: BackgroundLog | None = None
         self.done, self.warm_end = 0, 0.0
 
     def on_train_start(self, state: TrainState) -> None:
         self.bar = tqdm(total=self.total, initial=state.step, desc=self.desc, unit="step", disable=not self.show_bar)
+        self.writer = background_log()
         self.done = 0
 
-    def on_step_end(self, state: TrainState, logs: dict[str, float]) -> None:
-        log_metrics(logs, state.step - 1)
-        self.bar.update(1)
+    def on_log(self, state: TrainState, step: int, logs: dict[str, float]) -> None:
+        self.writer.log_metrics(logs, step)
         self.bar.set_postfix(loss=f"{logs['loss']:.3f}", epoch=state.epoch)
+
+    def on_step_end(self, state: TrainState) -> None:
+        self.bar.update(1)
         self.done += 1
         if self.done == WARMUP_STEPS:
             self.warm_end = time.perf_counter()
@@ -131,14 +146,18 @@ class ProgressLog(Callback):
         left = self.total - state.step
         timing = StepTiming(pace, state.step - TIMED_STEPS + WARMUP_STEPS + 1, state.step, left, self.total,
                             datetime.now() + timedelta(seconds=left * pace))
-        log_metrics({"pretrain/s_per_step": pace}, state.step - 1)
+        self.writer.log_metrics({"pretrain/s_per_step": pace}, state.step - 1)
         if self.show_bar:
             tqdm.write(timing.line(self.desc))
         if self.on_timing is not None:
             self.on_timing(timing)
 
     def on_train_end(self, state: TrainState) -> None:
-        self.bar.close()
+        """Everything queued sent (or spooled) before the run can end."""
+        if self.writer is not None:
+            self.writer.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 class CollapseWarning(Callback):
@@ -149,11 +168,11 @@ class CollapseWarning(Callback):
         self.method_name, self.threshold = method_name, threshold
         self.warned_epoch = -1
 
-    def on_step_end(self, state: TrainState, logs: dict[str, float]) -> None:
+    def on_log(self, state: TrainState, step: int, logs: dict[str, float]) -> None:
         if logs.get("health/collapsed") and self.warned_epoch != state.epoch:
             self.warned_epoch = state.epoch
             warnings.warn(f"train.method={self.method_name}: representation collapse suspected at step "
-                          f"{state.step - 1}: std x sqrt(dim) of the normalised embeddings is "
+                          f"{step}: std x sqrt(dim) of the normalised embeddings is "
                           f"{logs['health/std_ratio']:.3f}, below train.collapse_threshold={self.threshold}",
                           stacklevel=2)
 
@@ -180,7 +199,7 @@ class Checkpointer(Callback):
         self.path, self.every_steps, self.every_epoch, self.last_epoch = path, every_steps, every_epoch, last_epoch
         self.midway = midway
 
-    def on_step_end(self, state: TrainState, logs: dict[str, float]) -> None:
+    def on_step_end(self, state: TrainState) -> None:
         if self.every_steps and state.step % self.every_steps == 0 and state.step_in_epoch < state.steps_per_epoch:
             state.save(self.path, self.midway)
 
@@ -217,5 +236,5 @@ class DebugPause(Callback):
         self.saves += 1
         debug_pause("checkpoint", self.saves, path.parent)
 
-    def on_step_end(self, state: TrainState, logs: dict[str, float]) -> None:
+    def on_step_end(self, state: TrainState) -> None:
         debug_pause("step", state.step, self.out_dir)

@@ -81,7 +81,8 @@ def read_weights_only(path: Path) -> object:
 # differ between the run that wrote a checkpoint and the one resuming it
 TRAINING_SECTIONS = ("augment", "model", "train")
 RESUMABLE_CHANGES = ("train.num_workers", "train.worker_kind", "train.threads", "train.checkpoint_every_steps",
-                     "train.checkpoint_every_epoch", "train.knn_every_epochs", "train.device")
+                     "train.checkpoint_every_epoch", "train.knn_every_epochs", "train.device",
+                     "train.compile", "train.log_every_steps")
 
 
 def config_mismatch(saved: dict, current: dict) -> str | None:

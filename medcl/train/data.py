@@ -22,9 +22,11 @@ from medcl.train.pairs import PairSource, load_scans
 BACKENDS = ("batched", "monai")   # augment.backend: how views are made (docs/performance.md)
 
 
-def make_pair_source(cohort: Cohort, cfg: Config, device: torch.device) -> PairSource:
+def make_pair_source(cohort: Cohort, cfg: Config, device: torch.device,
+                     memory_format: torch.memory_format = torch.contiguous_format) -> PairSource:
     """The pair source of ``cfg.augment.backend`` over ``cohort``, its views seeded by
-    ``train.seed``, its loader workers ``train.num_workers`` (of ``train.worker_kind``).
+    ``train.seed``, its loader workers ``train.num_workers`` (of ``train.worker_kind``); the
+    batched source makes its views in ``memory_format`` (the loop's, :mod:`medcl.train.speed`).
 
     Both read the scans into memory first (:func:`~medcl.train.pairs.load_scans`); the batched
     source then moves them into its store, so the cohort is held once (on a GPU: once in host
@@ -34,5 +36,5 @@ def make_pair_source(cohort: Cohort, cfg: Config, device: torch.device) -> PairS
     images, masks = load_scans(cohort)
     if a.backend == "batched":
         return BatchedPairs.from_arrays(images, masks, cohort.label_ids(), a, t.seed, device, t.num_workers,
-                                        worker_kind=t.worker_kind)
+                                        worker_kind=t.worker_kind, memory_format=memory_format)
     return MonaiPairs(ScanPairs(images, masks, cohort.label_ids(), a, t.seed), device, t.num_workers)

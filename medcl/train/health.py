@@ -1,7 +1,8 @@
 """Training health, logged to MLflow as ``health/*``: is the representation collapsing?
 
-Computed every step on the batch's L2-normalised projections ``z`` (what the loss sees; for
-BYOL the online projections), gathered from every rank.
+Computed every ``train.log_every_steps`` steps on the batch's L2-normalised projections ``z``
+(what the loss sees; for BYOL the online projections), gathered from every rank, as tensors on
+the training device (fetched with the step's other scalars, :class:`medcl.train.step.StepMetrics`).
 
 - ``health/alignment``: mean ``||f(x) - f(x+)||^2`` over the positive pairs of the batch, and
   ``health/uniformity``: ``log mean exp(-2 ||f(x) - f(y)||^2)`` over all pairs, both on
@@ -28,30 +29,31 @@ import torch.nn.functional as F
 from medcl.augment import eval_view
 
 
-def alignment(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 2.0) -> float:
+def alignment(z1: torch.Tensor, z2: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
     """Wang & Isola eq. (4): E ||f(x) - f(x+)||^alpha over the pairs (z1[i], z2[i])."""
     a, b = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
-    return float((a - b).norm(dim=1).pow(alpha).mean())
+    return (a - b).norm(dim=1).pow(alpha).mean()
 
 
-def uniformity(z: torch.Tensor, t: float = 2.0) -> float:
+def uniformity(z: torch.Tensor, t: float = 2.0) -> torch.Tensor:
     """Wang & Isola eq. (5): log E exp(-t ||f(x) - f(y)||^2) over distinct pairs."""
     z = F.normalize(z.float(), dim=1)
-    return float(torch.pdist(z).pow(2).mul(-t).exp().mean().log())
+    return torch.pdist(z).pow(2).mul(-t).exp().mean().log()
 
 
-def embedding_std(z: torch.Tensor) -> float:
+def embedding_std(z: torch.Tensor) -> torch.Tensor:
     """Mean over dimensions of the batch standard deviation of L2-normalised embeddings."""
-    return float(F.normalize(z.float(), dim=1).std(0).mean())
+    return F.normalize(z.float(), dim=1).std(0).mean()
 
 
-def health_metrics(z1: torch.Tensor, z2: torch.Tensor, threshold: float) -> dict[str, float]:
-    """The ``health/*`` metrics of one batch of embedding pairs (N >= 2)."""
+def health_metrics(z1: torch.Tensor, z2: torch.Tensor, threshold: float) -> dict[str, torch.Tensor]:
+    """The ``health/*`` metrics of one batch of embedding pairs (N >= 2), as 0-d tensors on
+    the embeddings' device (nothing is copied to the host)."""
     z = torch.cat([z1, z2])
     std = embedding_std(z)
     ratio = std * math.sqrt(z.shape[1])
     return {"health/alignment": alignment(z1, z2), "health/uniformity": uniformity(z),
-            "health/std": std, "health/std_ratio": ratio, "health/collapsed": float(ratio < threshold)}
+            "health/std": std, "health/std_ratio": ratio, "health/collapsed": (ratio < threshold).float()}
 
 
 def knn_balanced_accuracy(features: np.ndarray, labels: np.ndarray, subjects: np.ndarray, k: int = 10) -> float:

@@ -34,8 +34,9 @@ from medcl.train.data import make_pair_source
 from medcl.train.health import KnnProbe
 from medcl.train.optim import build_optimizer, build_scheduler, scaled_lr
 from medcl.train.pairs import Batch, PairSource, epoch_batches, rank_shards
+from medcl.train.speed import SpeedSetup
 from medcl.train.state import TrainState
-from medcl.train.step import Precision, train_step
+from medcl.train.step import Precision, StepMetrics, train_step
 
 
 @dataclass
@@ -80,31 +81,56 @@ def pretrain(cfg: Config, cohort: Cohort, out_dir: Path, progress: bool = True, 
         dist.teardown(info)
 
 
+@dataclass
+class Trainer:
+    """What a step runs: the module it calls (the method, or its DDP wrapper; compiled when
+    ``train.compile``), the state it changes, the precision and the speed settings. The loop and
+    bench/train_step.py both build it with :func:`build_trainer` and step it with
+    :func:`~medcl.train.step.train_step`."""
+    model: nn.Module
+    state: TrainState
+    precision: Precision
+    speed: SpeedSetup
+
+
+def build_trainer(cfg: Config, plan: Plan, info: dist.DistInfo, run_id: str | None = None) -> Trainer:
+    """The method initialised from ``train.seed`` on ``info.device`` with the speed settings of
+    :class:`~medcl.train.speed.SpeedSetup` (synchronised batch norm and DDP under torchrun), and
+    a fresh state: the optimiser at the batch-scaled learning rate, warmup + cosine."""
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    precision = Precision.of(t.precision, info.device)
+    speed = SpeedSetup.of(info.device, t.compile)
+    method = speed.prepare(build_method(cfg).to(info.device, precision.dtype))
+    if t.sync_bn and info.world > 1:
+        method = dist.convert_sync_batchnorm(method, info.device)
+    model = _distributed(method, info)
+    opt = build_optimizer(method, t, scaled_lr(t, plan.global_batch), fused=speed.fused)
+    sched = build_scheduler(opt, plan.total_steps, int(round(t.warmup_epochs * plan.steps_per_epoch)))
+    scaler = torch.amp.GradScaler(info.device.type, enabled=precision.scale)
+    state = TrainState(method, opt, sched, scaler, plan.steps_per_epoch, info.world, config_to_dict(cfg), run_id)
+    return Trainer(speed.wrap(model), state, precision, speed)
+
+
 def _pretrain(cfg: Config, cohort: Cohort, out_dir: Path, progress: bool, resume: bool, run_id: str | None,
               info: dist.DistInfo, on_timing: Callable[[StepTiming], None] | None = None) -> PretrainResult:
-    """Build the method and the pair source, then the state (restored on ``resume``) and the
+    """Build the trainer and the pair source, restore the state on ``resume``, then the
     callbacks, in the order that keeps a resumed run bit-identical (see :mod:`medcl.train.state`)."""
     t = cfg.train
     if t.threads > 0:
         torch.set_num_threads(t.threads)
-    torch.manual_seed(t.seed)
-    precision = Precision.of(t.precision, info.device)
-    method = build_method(cfg).to(info.device, precision.dtype)
-    source = make_pair_source(cohort, cfg, info.device)
+    plan = Plan.of(t, len(cohort), info.world)
+    trainer = build_trainer(cfg, plan, info, run_id)
+    source = make_pair_source(cohort, cfg, info.device, trainer.speed.memory_format)
     try:
-        if method.needs_labels and max(cohort.label_ids()) < 0 and info.main:
+        if trainer.state.method.needs_labels and max(cohort.label_ids()) < 0 and info.main:
             warnings.warn(f"train.method={t.method}: the cohort has no labels, so every scan is a class of its "
                           f"own (instance discrimination)", stacklevel=2)
-        plan = Plan.of(t, len(cohort), info.world)
-        if t.sync_bn and info.world > 1:
-            method = dist.convert_sync_batchnorm(method, info.device)
-        model = _distributed(method, info)
-        state = _new_state(method, cfg, plan, precision, info, run_id)
         ckpt_path = out_dir / "checkpoints" / "last.pt"
         if resume:
-            state.resume(ckpt_path)
+            trainer.state.resume(ckpt_path)
         callbacks = _callbacks(cfg, cohort, out_dir, ckpt_path, plan, progress, info, on_timing)
-        return _train(model, state, source, callbacks, cfg, plan, precision, info, out_dir, len(cohort))
+        return _train(trainer, source, callbacks, cfg, plan, info, out_dir, len(cohort))
     finally:
         source.close()
 
@@ -115,16 +141,6 @@ def _distributed(method: nn.Module, info: dist.DistInfo) -> nn.Module:
         return method
     return nn.parallel.DistributedDataParallel(
         method, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-
-
-def _new_state(method: nn.Module, cfg: Config, plan: Plan, precision: Precision, info: dist.DistInfo,
-               run_id: str | None) -> TrainState:
-    """A fresh state: the optimiser at the batch-scaled learning rate, warmup + cosine."""
-    t = cfg.train
-    opt = build_optimizer(method, t, scaled_lr(t, plan.global_batch))
-    sched = build_scheduler(opt, plan.total_steps, int(round(t.warmup_epochs * plan.steps_per_epoch)))
-    scaler = torch.amp.GradScaler(info.device.type, enabled=precision.scale)
-    return TrainState(method, opt, sched, scaler, plan.steps_per_epoch, info.world, config_to_dict(cfg), run_id)
 
 
 def _callbacks(cfg: Config, cohort: Cohort, out_dir: Path, ckpt_path: Path, plan: Plan, progress: bool,
@@ -145,32 +161,62 @@ def _callbacks(cfg: Config, cohort: Cohort, out_dir: Path, ckpt_path: Path, plan
 
 
 def _rank_batches(source: PairSource, n_scans: int, plan: Plan, seed: int, epoch: int, start: int,
-                  info: dist.DistInfo, dtype: torch.dtype) -> Iterator[Batch]:
-    """This rank's shard of each global batch of ``epoch`` from batch ``start`` on, views as ``dtype``."""
+                  info: dist.DistInfo, dtype: torch.dtype,
+                  memory_format: torch.memory_format = torch.contiguous_format) -> Iterator[Batch]:
+    """This rank's shard of each global batch of ``epoch`` from batch ``start`` on, views as
+    ``dtype`` in ``memory_format`` (a no-op when the source made them so)."""
     shards = rank_shards(epoch_batches(n_scans, plan.global_batch, seed, epoch), info.rank, info.world)
     for v1, v2, y in source.batches(shards[start:], epoch):
-        yield v1.to(dtype), v2.to(dtype), y
+        yield v1.to(dtype, memory_format=memory_format), v2.to(dtype, memory_format=memory_format), y
 
 
-def _train(model: nn.Module, state: TrainState, source: PairSource, callbacks: Callback, cfg: Config, plan: Plan,
-           precision: Precision, info: dist.DistInfo, out_dir: Path, n_scans: int) -> PretrainResult:
-    """The epochs from ``state``'s position on; then the encoder, written by rank 0."""
-    t = cfg.train
+def _fetch_due(state: TrainState, t: TrainConfig) -> bool:
+    """Fetch the step scalars now (``state`` has just advanced): every ``train.log_every_steps``
+    steps, at the end of an epoch, and before a mid-epoch checkpoint (which stores the losses)."""
+    return (state.step % t.log_every_steps == 0 or state.step_in_epoch == state.steps_per_epoch
+            or (t.checkpoint_every_steps > 0 and state.step % t.checkpoint_every_steps == 0))
+
+
+def _epoch(trainer: Trainer, batches: Iterator[Batch], callbacks: Callback, metrics: StepMetrics, t: TrainConfig,
+           total_steps: int, device: torch.device) -> None:
+    """The steps of one epoch. Nothing here waits for the device but the fetch of the scalars
+    (:class:`~medcl.train.step.StepMetrics`) when it is due; the ``health/*`` metrics are
+    computed on the steps that end a ``train.log_every_steps`` window."""
+    state = trainer.state
+    for batch in batches:
+        health = (state.step + 1) % t.log_every_steps == 0
+        logs = train_step(trainer.model, state, batch, trainer.precision, total_steps, t.collapse_threshold, device,
+                          health)
+        state.advance()
+        metrics.add(state.step - 1, logs)
+        if _fetch_due(state, t):
+            for step, values in metrics.fetch():
+                state.losses.append(values["loss"])
+                callbacks.on_log(state, step, values)
+        callbacks.on_step_end(state)
+
+
+def _train(trainer: Trainer, source: PairSource, callbacks: Callback, cfg: Config, plan: Plan,
+           info: dist.DistInfo, out_dir: Path, n_scans: int) -> PretrainResult:
+    """The epochs from the state's position on; then the encoder, written by rank 0."""
+    t, state, precision = cfg.train, trainer.state, trainer.precision
     result = PretrainResult(out_dir / "encoder.pt", out_dir / "checkpoints" / "last.pt", state.losses)
     start = time.perf_counter()
+    metrics = StepMetrics()
     callbacks.on_train_start(state)
-    first_epoch = state.epoch
-    for epoch in range(first_epoch, t.epochs):
-        state.epoch = epoch
-        state.method.train()
-        if epoch != first_epoch:
-            state.step_in_epoch = 0
-        for batch in _rank_batches(source, n_scans, plan, t.seed, epoch, state.step_in_epoch, info, precision.dtype):
-            logs = train_step(model, state, batch, precision, plan.total_steps, t.collapse_threshold, info.device)
-            state.advance(logs["loss"])
-            callbacks.on_step_end(state, logs)
-        callbacks.on_epoch_end(state)
-    callbacks.on_train_end(state)
+    try:
+        first_epoch = state.epoch
+        for epoch in range(first_epoch, t.epochs):
+            state.epoch = epoch
+            state.method.train()
+            if epoch != first_epoch:
+                state.step_in_epoch = 0
+            batches = _rank_batches(source, n_scans, plan, t.seed, epoch, state.step_in_epoch, info, precision.dtype,
+                                    trainer.speed.memory_format)
+            _epoch(trainer, batches, callbacks, metrics, t, plan.total_steps, info.device)
+            callbacks.on_epoch_end(state)
+    finally:
+        callbacks.on_train_end(state)
     if info.main:
         encoder = state.method.encoder.state_dict()
         save_atomic({k: v.float() if v.is_floating_point() else v for k, v in encoder.items()}, result.encoder_path)

@@ -92,10 +92,11 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_bias_norm: bool)
 OPTIMIZERS = ("adamw", "sgd", "lars")   # train.optimizer
 
 
-def build_optimizer(model: nn.Module, t: TrainConfig, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, t: TrainConfig, lr: float, fused: bool = False) -> torch.optim.Optimizer:
     """``train.optimizer`` over ``model``'s trainable parameters at learning rate ``lr``. AdamW
     and SGD decay every weight but a learned temperature (as medcl always has); LARS excludes
-    biases and normalisation weights from decay and adaptation."""
+    biases and normalisation weights from decay and adaptation. ``fused`` (CUDA, from
+    :class:`medcl.train.speed.SpeedSetup`): AdamW and SGD run their fused kernel."""
     if t.optimizer == "lars":
         return LARS(param_groups(model, t.weight_decay, True), lr=lr, weight_decay=t.weight_decay,
                     momentum=t.momentum, eta=t.lars_eta)
@@ -103,9 +104,9 @@ def build_optimizer(model: nn.Module, t: TrainConfig, lr: float) -> torch.optim.
     for g in groups:
         g.pop("lars")
     if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay, fused=fused or None)
     if t.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=t.weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=t.weight_decay, fused=fused or None)
     raise ValueError(f"config key 'train.optimizer' must be adamw, sgd or lars, got {t.optimizer!r}")
 
 

@@ -1,10 +1,17 @@
-"""Model speed on a GPU: bf16 autocast, channels_last_3d, cuDNN autotuning, optional
-torch.compile, a fused optimiser, the FLOPs of a training step, and the batch that fits a
-given amount of GPU memory. Used by bench/train_step.py; each piece is independent, so the
-loop can take what it wants (docs/performance.md says which ones pay)."""
+"""Model speed on a GPU, in one place for the training loop and bench/train_step.py:
+cuDNN autotuning and TF32, channels_last_3d, a fused optimiser, optional ``torch.compile``
+(:class:`SpeedSetup`); bf16 autocast is ``train.precision`` (:class:`medcl.train.step.Precision`).
+Also the FLOPs of a training step and the batch that fits a given amount of GPU memory.
+
+The loop builds its model and optimiser through :func:`medcl.train.loop.build_trainer`, which
+applies :class:`SpeedSetup`; bench/train_step.py times that same trainer with
+:func:`medcl.train.step.train_step`, so the bench measures what ``medcl pretrain`` runs. On a
+CPU every setting is off (the CPU run is bit-identical to one without them).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -21,28 +28,37 @@ def configure_backends(device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = True,
-                  compile: bool = False) -> nn.Module:
-    """``model`` on ``device``, in channels_last_3d on a GPU (the layout cuDNN's fastest 3-D
-    convolutions want), optionally compiled (``torch.compile``: minutes to compile, then faster)."""
-    model = model.to(device)
-    if channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last_3d)
-    if compile:
-        model = torch.compile(model)
-    return model
+@dataclass(frozen=True)
+class SpeedSetup:
+    """THE speed settings of a training process. On CUDA: cuDNN autotuning + TF32, weights and
+    views in channels_last_3d (the layout cuDNN's fastest 3-D convolutions want), the fused
+    AdamW/SGD kernel; ``compile`` (``train.compile``) wraps the step's module in
+    ``torch.compile`` (minutes to compile, then faster). On a CPU: nothing but ``compile``."""
+    device: torch.device
+    channels_last: bool
+    fused: bool
+    compile: bool = False
 
+    @classmethod
+    def of(cls, device: torch.device, compile: bool = False) -> "SpeedSetup":
+        cuda = device.type == "cuda"
+        return cls(device, channels_last=cuda, fused=cuda, compile=compile)
 
-def fused_adamw(params, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with the fused CUDA kernel on a GPU (one kernel for all parameters), foreach on a CPU."""
-    if device.type == "cuda":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout of the views (the pair source makes them in it)."""
+        return torch.channels_last_3d if self.channels_last else torch.contiguous_format
 
+    def prepare(self, method: nn.Module) -> nn.Module:
+        """Backends configured, ``method``'s weights in :attr:`memory_format` (in place)."""
+        configure_backends(self.device)
+        if self.channels_last:
+            method.to(memory_format=self.memory_format)
+        return method
 
-def autocast(device: torch.device):
-    """bf16 autocast on a GPU (no gradient scaler needed), nothing on a CPU."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module a step calls: ``model`` (the method or its DDP wrapper), compiled if asked."""
+        return torch.compile(model) if self.compile else model
 
 
 def step_flops(build: Callable[[], nn.Module], batch: int, view_size: int) -> float:

@@ -13,7 +13,7 @@ saved is what is restored. A checkpoint is a dict of plain containers and tensor
 | ``format`` | ``medcl-checkpoint/1`` |
 | ``method`` | the method's state dict: encoder, heads, momentum encoder, MoCo's queue, learned temperature |
 | ``optimizer``, ``scheduler``, ``scaler`` | their state dicts (the gradient scaler's is empty unless fp16) |
-| ``rng`` | torch CPU (and CUDA) generators, numpy's global and Python's ``random`` states |
+| ``rng`` | torch CPU (and every visible GPU's) generators, numpy's global and Python's ``random`` states |
 | ``position`` | ``epoch``, ``step_in_epoch`` (batches of that epoch already done), ``step``, ``steps_per_epoch``, ``world_size`` |
 | ``mlflow_run_id`` | the MLflow run to continue on ``--resume`` ("" when none) |
 | ``config`` | the run's config (``config_to_dict``) |
@@ -23,7 +23,8 @@ Bit for bit: the views depend only on (seed, epoch, scan) and the order of an ep
 (seed, epoch) (:mod:`medcl.train.pairs`), and the only global random state the loop touches is
 ``rng``, captured when the checkpoint is written and restored last, after everything the run
 builds before its first step. A resumed run therefore continues exactly where the interrupted
-one was.
+one was. A checkpoint resumes on any number of GPUs, or on a CPU (tensors are read onto the
+CPU, and :func:`set_cuda_rng_state` restores the GPU generators both machines have).
 """
 
 from __future__ import annotations
@@ -56,10 +57,20 @@ def rng_state() -> dict:
     }
 
 
+def set_cuda_rng_state(states: list) -> None:
+    """The CUDA generators of the GPUs that both the saving machine and this one have, by
+    index: a checkpoint written on 8 GPUs resumes on 1 (or on a CPU, which has none to
+    restore), and one written on 1 GPU or on a CPU resumes on 8 (the GPUs it lacks keep the
+    generators the run seeded). ``torch.cuda.set_rng_state_all`` would raise IndexError."""
+    if not states or not torch.cuda.is_available():
+        return
+    for index, s in enumerate(states[:torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(s, index)
+
+
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    set_cuda_rng_state(state["cuda"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     p = state["python"]
@@ -101,9 +112,11 @@ class TrainState:
     step: int = 0
     losses: list[float] = field(default_factory=list)
 
-    def advance(self, loss: float) -> None:
-        """One optimiser step done, with this (all-rank mean) loss."""
-        self.losses.append(loss)
+    def advance(self, loss: float | None = None) -> None:
+        """One optimiser step done; its (all-rank mean) loss appended when given (the loop
+        appends the losses when it fetches them from the device, before any checkpoint)."""
+        if loss is not None:
+            self.losses.append(loss)
         self.step += 1
         self.step_in_epoch += 1
 

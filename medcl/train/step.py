@@ -1,6 +1,13 @@
 """One training step: forward under autocast, backward through the gradient scaler, optimiser
 and schedule step, the method's own end-of-step update (momentum networks), and the step's
-scalars (loss, method logs, learning rate, ``health/*``) averaged over the ranks."""
+scalars (loss, method logs, learning rate, ``health/*`` when asked) left on the device.
+
+No host synchronisation: a step copies nothing to the host (no ``.item()``, ``float()`` or
+``.cpu()`` of a device tensor) and runs no collective but the method's own gathers.
+:class:`StepMetrics` keeps the scalars of the steps since the last fetch where they were
+computed and fetches them all at once, averaged over the ranks (one all-reduce, one copy),
+every ``train.log_every_steps`` steps. tests/test_sync_budget.py holds the loop to this (the
+budget is in docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -38,11 +45,15 @@ class Precision:
                    precision == "fp16")
 
 
+Scalar = torch.Tensor | float    # a 0-d tensor on the training device, or a host number (lr)
+
+
 def train_step(model: nn.Module, state: TrainState, batch: Batch, precision: Precision, total_steps: int,
-               collapse_threshold: float, device: torch.device) -> dict[str, float]:
+               collapse_threshold: float, device: torch.device, health: bool = True) -> dict[str, Scalar]:
     """Run one optimiser step of ``state`` on ``batch`` (this rank's shard of a global batch)
-    through ``model`` (the method, or its DDP wrapper); the step's scalars, averaged over the
-    ranks. Does not advance ``state``'s position: the loop does, once the step is logged."""
+    through ``model`` (the method, or its DDP wrapper); this rank's scalars of the step, on the
+    device, with the ``health/*`` metrics of the global batch when ``health`` (every rank must
+    agree: they gather). Does not advance ``state``'s position: the loop does."""
     v1, v2, y = batch
     method, opt, sched, scaler = state.method, state.optimizer, state.scheduler, state.scaler
     with torch.autocast(device.type, dtype=precision.autocast_dtype, enabled=precision.autocast):
@@ -52,8 +63,34 @@ def train_step(model: nn.Module, state: TrainState, batch: Batch, precision: Pre
     scaler.step(opt)
     scaler.update()
     sched.step()
-    logs = {"loss": float(out.loss.detach()), **out.logs, **method.on_step_end(state.step, total_steps),
+    logs = {"loss": out.loss.detach(), **out.logs, **method.on_step_end(state.step, total_steps),
             "lr": sched.get_last_lr()[0]}
-    if out.z1 is not None:   # every rank gathers: the metrics are those of the global batch
+    if health and out.z1 is not None:   # every rank gathers: the metrics are those of the global batch
         logs.update(health_metrics(dist.gather_nograd(out.z1), dist.gather_nograd(out.z2), collapse_threshold))
-    return dist.all_reduce_mean(logs, device)
+    return logs
+
+
+class StepMetrics:
+    """The scalars of the steps not fetched yet, kept where they were computed.
+    :meth:`fetch` returns them as host numbers, each the mean over the ranks (as the loss of a
+    step on the global batch), with one all-reduce and one device-to-host copy for all of them;
+    host numbers (the learning rate, the EMA momentum: equal on every rank) pass through."""
+
+    def __init__(self):
+        self.pending: list[tuple[int, dict[str, Scalar]]] = []
+
+    def add(self, step: int, logs: dict[str, Scalar]) -> None:
+        self.pending.append((step, logs))
+
+    def fetch(self) -> list[tuple[int, dict[str, float]]]:
+        """``(step, scalars)`` of every pending step, in order; every rank must call it at the
+        same steps (it all-reduces)."""
+        rows = [dict(logs) for _, logs in self.pending]
+        keys = [(i, k) for i, row in enumerate(rows) for k, v in row.items() if torch.is_tensor(v)]
+        if keys:
+            values = torch.stack([rows[i][k].reshape(()).to(torch.float64) for i, k in keys])
+            for (i, k), v in zip(keys, dist.mean_over_ranks(values)):
+                rows[i][k] = v
+        out = [(step, row) for (step, _), row in zip(self.pending, rows)]
+        self.pending = []
+        return out
