@@ -21,6 +21,7 @@ from medcl.report import load_report_data  # noqa: E402
 from medcl.report.content import seed_spread_lines  # noqa: E402
 from medcl.report.files import write_report  # noqa: E402
 from medcl.serving.registry import promote  # noqa: E402
+from medcl.serving.scan_input import trusted_paths  # noqa: E402
 from medcl.train.checkpoint import CheckpointError  # noqa: E402
 from medcl.validate import load_checked  # noqa: E402
 
@@ -113,7 +114,8 @@ def _cmd_predict(args) -> int:
     failed = 0
     for scan in args.scans:
         try:
-            row = model.predict([scan]).iloc[0]
+            with trusted_paths():   # the user's own files, named on the user's command line
+                row = model.predict([scan]).iloc[0]
         except Exception as exc:  # one bad scan must not stop the others
             print(f"{scan}: error: {_one_line(exc)}", file=sys.stderr)
             failed += 1

@@ -131,7 +131,7 @@ def test_fresh_process_loads_registered_model_by_alias(demo_out):
         "df = m.predict([sys.argv[2]])\n"
         "print(json.dumps(df.iloc[0].to_dict()))\n"
     )
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MEDCL_SERVE_ROOT": str(out)}   # paths under out/ only
     proc = subprocess.run([sys.executable, "-c", code, summary["mlflow"]["tracking_uri"], str(scan)],
                           capture_output=True, text=True, timeout=300, env=env, cwd=out)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -169,7 +169,7 @@ def test_predict_on_a_raw_scan_gives_the_probabilities_the_evaluation_gave(demo_
         assert np.allclose(cohort.transform(i), pre.transform, atol=1e-6)
         one = Cohort(cohort.root, [cohort.rows[i]])
         evaluated = inner.head.predict_proba(embed_cohort(inner.encoder, one, inner.meta["view_size"]))[0]
-        predicted = model.predict([str(path)]).iloc[0]
+        predicted = model.predict([path.read_bytes()]).iloc[0]   # the scan itself, as a client sends it
         got = np.array([predicted[str(c)] for c in inner.head.classes_])
         np.testing.assert_allclose(got, evaluated, atol=2e-3)
 
