@@ -11,6 +11,7 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from medcl import tracking  # noqa: E402
+from medcl.tracking import console  # noqa: E402
 from medcl.config import ConfigError  # noqa: E402
 from medcl.data.audit import audit, phi_values  # noqa: E402
 from medcl.data.ingest import ingest  # noqa: E402
@@ -231,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _data_and_training_commands(sub)
     _model_commands(sub)
+    for command in sub.choices.values():
+        command.add_argument("--verbose", action="store_true",
+                             help="MLflow's own INFO lines, links and download bars too (default: medcl's lines and MLflow's warnings)")
     return p
 
 
@@ -327,6 +331,7 @@ def _model_commands(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    console.configure(verbose=args.verbose)
     try:
         return args.fn(args)
     except ConfigError as exc:
