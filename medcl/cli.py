@@ -137,6 +137,7 @@ def _uri(args, out_dir: Path | None = None) -> str | None:
     given to MLflow's client; the pipelines receive it as an argument."""
     uri = tracking.resolve_uri(args.tracking_uri, out_dir)
     if uri:
+        tracking.check_access(uri)   # a wrong password stops the command here, in one line
         tracking.use_uri(uri)
     return uri
 
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     console.configure(verbose=args.verbose)
     try:
         return args.fn(args)
-    except ConfigError as exc:
+    except (ConfigError, tracking.TrackingAuthError) as exc:
         print(f"medcl: {exc}", file=sys.stderr)
         return 2
 

@@ -92,7 +92,7 @@ def test_compose_has_postgres_mlflow_with_basic_auth_gpu_medcl_and_a_one_shot_de
     assert mlflow_env["POSTGRES_HOST"] == "postgres" and "mlartifacts:/mlartifacts" in services["mlflow"]["volumes"]
     assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     entry = (DOCKER / "mlflow-entrypoint.sh").read_text()
-    assert "--app-name basic-auth" in entry and 'postgresql://' in entry and "--artifacts-destination" in entry
+    assert "--app-name basic-auth" in entry and 'postgresql+psycopg2://' in entry and "--artifacts-destination" in entry
     # medcl: GPU reservation, DICOM read-only, outputs on a volume
     medcl = services["medcl"]
     devices = medcl["deploy"]["resources"]["reservations"]["devices"]
@@ -149,10 +149,11 @@ def test_mlflow_entrypoint_reads_secret_files_into_the_server_command(tmp_path):
     proc = subprocess.run([str(DOCKER / "mlflow-entrypoint.sh")], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "--backend-store-uri postgresql://mlflow:p%40ss%2Fword%3A1@postgres:5432/mlflow" in out
+    assert "--backend-store-uri postgresql+psycopg2://mlflow:p%40ss%2Fword%3A1@postgres:5432/mlflow" in out
     assert "--app-name basic-auth" in out and "--artifacts-destination /mlartifacts" in out
     assert "ADMIN admin-secret" in out
-    assert "database_uri = postgresql://mlflow:p%40ss%2Fword%3A1@postgres:5432/mlflow_auth" in out
+    # configparser reads '%%' as '%': the ini holds the URL-quoted password with its '%' doubled
+    assert "database_uri = postgresql+psycopg2://mlflow:p%%40ss%%2Fword%%3A1@postgres:5432/mlflow_auth" in out
     missing = subprocess.run([str(DOCKER / "mlflow-entrypoint.sh")], capture_output=True, text=True,
                              env={**env, "POSTGRES_PASSWORD_FILE": str(tmp_path / "nope")})
     assert missing.returncode == 2 and "cannot read secret file" in missing.stderr
