@@ -13,7 +13,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/mlflow/bin:${PATH}
 
 RUN python3 -m venv /opt/mlflow \
- && /opt/mlflow/bin/pip install --no-cache-dir "mlflow==${MLFLOW_VERSION}" "psycopg2-binary==2.9.13" \
+ && /opt/mlflow/bin/pip install --no-cache-dir "mlflow[auth]==${MLFLOW_VERSION}" "psycopg2-binary==2.9.13" \
  && useradd --uid "${MLFLOW_UID}" --create-home --shell /usr/sbin/nologin mlflow \
  && mkdir -p /mlartifacts \
  && chown mlflow /mlartifacts

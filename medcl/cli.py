@@ -11,6 +11,7 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from medcl import tracking  # noqa: E402
+from medcl.tracking import console  # noqa: E402
 from medcl.config import ConfigError  # noqa: E402
 from medcl.data.audit import audit, phi_values  # noqa: E402
 from medcl.data.ingest import ingest  # noqa: E402
@@ -21,6 +22,7 @@ from medcl.report import load_report_data  # noqa: E402
 from medcl.report.content import seed_spread_lines  # noqa: E402
 from medcl.report.files import write_report  # noqa: E402
 from medcl.serving.registry import promote  # noqa: E402
+from medcl.serving.scan_input import trusted_paths  # noqa: E402
 from medcl.train.checkpoint import CheckpointError  # noqa: E402
 from medcl.validate import load_checked  # noqa: E402
 
@@ -113,7 +115,8 @@ def _cmd_predict(args) -> int:
     failed = 0
     for scan in args.scans:
         try:
-            row = model.predict([scan]).iloc[0]
+            with trusted_paths():   # the user's own files, named on the user's command line
+                row = model.predict([scan]).iloc[0]
         except Exception as exc:  # one bad scan must not stop the others
             print(f"{scan}: error: {_one_line(exc)}", file=sys.stderr)
             failed += 1
@@ -134,6 +137,7 @@ def _uri(args, out_dir: Path | None = None) -> str | None:
     given to MLflow's client; the pipelines receive it as an argument."""
     uri = tracking.resolve_uri(args.tracking_uri, out_dir)
     if uri:
+        tracking.check_access(uri)   # a wrong password stops the command here, in one line
         tracking.use_uri(uri)
     return uri
 
@@ -229,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _data_and_training_commands(sub)
     _model_commands(sub)
+    for command in sub.choices.values():
+        command.add_argument("--verbose", action="store_true",
+                             help="MLflow's own INFO lines, links and download bars too (default: medcl's lines and MLflow's warnings)")
     return p
 
 
@@ -325,9 +332,10 @@ def _model_commands(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    console.configure(verbose=args.verbose)
     try:
         return args.fn(args)
-    except ConfigError as exc:
+    except (ConfigError, tracking.TrackingAuthError) as exc:
         print(f"medcl: {exc}", file=sys.stderr)
         return 2
 

@@ -89,18 +89,23 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
         self.log = self.root / "server.log"
 
-    def start(self, timeout: float = 120) -> "MlflowServer":
-        self.root.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "mlflow", "server",
-               "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-               "--artifacts-destination", str(self.root / "artifacts"),
-               "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "mlflow", "server",
+                "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination", str(self.root / "artifacts"),
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+
+    def environment(self) -> dict:
         # no job runner (MLflow's GenAI job queue: seven more processes that tracking does not use)
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         env.pop("MLFLOW_TRACKING_URI", None)
+        return env
+
+    def start(self, timeout: float = 120) -> "MlflowServer":
+        self.root.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.environment(),
+                                         cwd=self.root, start_new_session=True)
         try:
             wait_http(f"{self.uri}/health", self.proc, timeout, self.log)
         except Exception:
@@ -121,20 +126,28 @@ def mlflow_server(tmp_path_factory):
     server.stop()
 
 
+def point_tracking_at(server, monkeypatch) -> None:
+    """MLFLOW_TRACKING_URI (and the server's ``credentials``, if it has any) at ``server``,
+    quick retries, a fresh medcl tracker, for one test."""
+    import medcl.tracking as tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    for key, value in getattr(server, "credentials", {}).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MEDCL_TRACKING_RETRIES", "2")
+    monkeypatch.setenv("MEDCL_TRACKING_BACKOFF", "0.1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setattr(tracking, "_tracker", None)
+    monkeypatch.setattr(tracking, "_stack", [])
+
+
 @pytest.fixture
 def tracking_env(mlflow_server, monkeypatch, tmp_path):
     """MLFLOW_TRACKING_URI at the server, quick retries, a fresh medcl tracker; restores MLflow's
     global URIs after the test."""
     import mlflow
 
-    import medcl.tracking as tracking
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    monkeypatch.setenv("MEDCL_TRACKING_RETRIES", "2")
-    monkeypatch.setenv("MEDCL_TRACKING_BACKOFF", "0.1")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setattr(tracking, "_tracker", None)
-    monkeypatch.setattr(tracking, "_stack", [])
+    point_tracking_at(mlflow_server, monkeypatch)
     yield mlflow_server
     mlflow.set_tracking_uri(None)
     mlflow.set_registry_uri(None)
@@ -233,3 +246,26 @@ def tiny_cohort(tmp_path_factory) -> Path:
     src = make_demo_sources(tmp / "src", 6, 0, 6.0)
     ingest([src.nifti_dir], tmp / "cohort", DataConfig(spacing=6.0), labels_csv=src.labels_csv, progress=False)
     return tmp / "cohort"
+
+
+# --- MLflow on PostgreSQL as deployed (tests/pgserver.py): test_postgres.py, test_tracking_outage.py ---
+
+@pytest.fixture(scope="session")
+def pg_mlflow_server(tmp_path_factory):
+    """A real PostgreSQL server and docker/mlflow-entrypoint.sh's ``mlflow server`` on it (basic
+    auth, served artifacts), once per session; ``.credentials`` are the admin's. Skipped where
+    PostgreSQL is not installed, unless MEDCL_REQUIRE_POSTGRES=1 (CI) makes that a failure."""
+    from pgserver import EntrypointMlflowServer, PostgresServer, postgres_bin
+
+    bindir = postgres_bin()
+    if bindir is None:
+        if os.environ.get("MEDCL_REQUIRE_POSTGRES") == "1":
+            pytest.fail("MEDCL_REQUIRE_POSTGRES=1 but no PostgreSQL binaries (apt-get install postgresql)")
+        pytest.skip("no PostgreSQL (apt-get install postgresql; CI installs it and requires it)")
+    pg = PostgresServer(bindir).start()
+    server = EntrypointMlflowServer(tmp_path_factory.mktemp("mlflow-pg"), pg)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        pg.stop()

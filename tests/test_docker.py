@@ -87,12 +87,12 @@ def test_medcl_image_base_is_an_argument_user_is_not_root_and_no_secret_is_built
 def test_compose_has_postgres_mlflow_with_basic_auth_gpu_medcl_and_a_one_shot_demo():
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "mlflow", "medcl", "demo"}
+    assert set(services) == {"postgres", "mlflow", "medcl", "demo", "serve", "serve-proxy"}
     mlflow_env = services["mlflow"]["environment"]
     assert mlflow_env["POSTGRES_HOST"] == "postgres" and "mlartifacts:/mlartifacts" in services["mlflow"]["volumes"]
     assert services["mlflow"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     entry = (DOCKER / "mlflow-entrypoint.sh").read_text()
-    assert "--app-name basic-auth" in entry and 'postgresql://' in entry and "--artifacts-destination" in entry
+    assert "--app-name basic-auth" in entry and 'postgresql+psycopg2://' in entry and "--artifacts-destination" in entry
     # medcl: GPU reservation, DICOM read-only, outputs on a volume
     medcl = services["medcl"]
     devices = medcl["deploy"]["resources"]["reservations"]["devices"]
@@ -114,6 +114,28 @@ def test_compose_has_postgres_mlflow_with_basic_auth_gpu_medcl_and_a_one_shot_de
     assert "*" in ignored   # secret files are never committed
 
 
+def test_the_served_model_is_reached_only_through_basic_auth_and_reads_paths_only_in_the_archive():
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    serve, proxy = compose["services"]["serve"], compose["services"]["serve-proxy"]
+    assert "ports" not in serve and serve["expose"] == ["8080"]           # no way in but the proxy
+    assert "mlflow models serve" in serve["command"][0] and "-p 8080" in serve["command"][0]
+    assert 'MLFLOW_TRACKING_PASSWORD="$$(cat /run/secrets/mlflow_password)"' in serve["command"][0]
+    env = serve["environment"]
+    assert env["MEDCL_SERVE_ROOT"] == "/data/dicom" and env["MEDCL_SERVE_MAX_MB"].endswith(":-512}")
+    archive = [v for v in serve["volumes"] if v["target"] == "/data/dicom"]
+    assert archive and archive[0]["read_only"] is True and len(serve["volumes"]) == 1
+    assert proxy["ports"] == ["${MEDCL_SERVE_BIND:-127.0.0.1}:${MEDCL_SERVE_PORT:-8080}:8080"]
+    assert proxy["secrets"] == ["serve_htpasswd"] and compose["secrets"]["serve_htpasswd"]["file"].startswith("./secrets/")
+    conf = (DOCKER / "serve-nginx.conf").read_text()
+    mount = "./serve-nginx.conf:/etc/nginx/conf.d/default.conf:ro"
+    assert proxy["volumes"] == [mount]
+    server = conf[conf.index("server {"):]
+    assert "auth_basic_user_file /run/secrets/serve_htpasswd;" in server and "auth_basic \"medcl\";" in server
+    assert server.index("auth_basic") < server.index("location")         # every location, /ping included
+    assert "proxy_pass http://serve:8080;" in server and "client_max_body_size 700m;" in server
+    assert re.search(r"location / \{\s*return 404;", server)
+
+
 def test_mlflow_entrypoint_reads_secret_files_into_the_server_command(tmp_path):
     fake = tmp_path / "bin"
     fake.mkdir()
@@ -127,10 +149,11 @@ def test_mlflow_entrypoint_reads_secret_files_into_the_server_command(tmp_path):
     proc = subprocess.run([str(DOCKER / "mlflow-entrypoint.sh")], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "--backend-store-uri postgresql://mlflow:p%40ss%2Fword%3A1@postgres:5432/mlflow" in out
+    assert "--backend-store-uri postgresql+psycopg2://mlflow:p%40ss%2Fword%3A1@postgres:5432/mlflow" in out
     assert "--app-name basic-auth" in out and "--artifacts-destination /mlartifacts" in out
     assert "ADMIN admin-secret" in out
-    assert "database_uri = postgresql://mlflow:p%40ss%2Fword%3A1@postgres:5432/mlflow_auth" in out
+    # configparser reads '%%' as '%': the ini holds the URL-quoted password with its '%' doubled
+    assert "database_uri = postgresql+psycopg2://mlflow:p%%40ss%%2Fword%%3A1@postgres:5432/mlflow_auth" in out
     missing = subprocess.run([str(DOCKER / "mlflow-entrypoint.sh")], capture_output=True, text=True,
                              env={**env, "POSTGRES_PASSWORD_FILE": str(tmp_path / "nope")})
     assert missing.returncode == 2 and "cannot read secret file" in missing.stderr

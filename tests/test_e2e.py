@@ -14,9 +14,7 @@ import pytest
 
 from medcl import tracking
 from medcl.cli import main
-from medcl.config import load_config
 from medcl.report.browser import browser_check, find_browser
-from medcl.pipelines.demo import run_demo
 
 TINY = ["demo.n_subjects=18", "data.spacing=6.0", "augment.view_size=16", "model.widen_factor=0.25",
         "train.epochs=2", "train.batch_size=4", "train.num_workers=0", "fewshot.shots=1,2",
@@ -28,11 +26,41 @@ SECTIONS = ["summary", "cohort", "method", "curves", "metrics", "confusion", "ro
 
 
 @pytest.fixture(scope="module")
-def demo_out(tmp_path_factory):
+def demo_console(tmp_path_factory):
+    """``medcl demo`` on the tiny config through the command line, in its own process, with its
+    progress bars on: (output folder, its stdout, its stderr)."""
     out = tmp_path_factory.mktemp("demo")
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    summary = run_demo(load_config(None, TINY), out, tracking.resolve_uri(None, out), progress=False)
-    return out, summary
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")}
+    env["MEDCL_SITE_SECRET_FILE"] = str(tmp_path_factory.mktemp("demo-secret") / "site_secret")
+    proc = subprocess.run([sys.executable, "-m", "medcl.cli", "demo", "--out", str(out), *TINY], capture_output=True,
+                          text=True, timeout=1200, env=env, cwd=out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_out(demo_console):
+    out = demo_console[0]
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def test_demo_console_shows_medcl_and_nothing_of_mlflow(demo_console):
+    """One progress bar per stage (ingest, pretraining), the headline table; no MLflow INFO line,
+    no "Downloading artifacts" bar, no "Successfully registered"/"Created version"/"View run"
+    line; every warning at most once."""
+    _, stdout, stderr = demo_console
+    lines = [part for line in (stdout + stderr).splitlines() for part in line.split("\r") if part.strip()]
+    assert not [x for x in lines if re.search(r"\bINFO mlflow|Downloading artifacts|Successfully registered model|"
+                                              r"Created version|View run|View experiment", x)], lines[:40]
+    bars = {m.group(1) for x in lines if (m := re.match(r"(\S[^:|]*?): +\d+%\|", x))}
+    assert bars == {"ingest", "pretrain simclr"}, bars
+    for desc in bars:   # one bar each: its counter never goes back
+        counts = [int(m.group(1)) for x in lines if (m := re.match(rf"{desc}: +\d+%\|[^|]*\| *(\d+)/", x))]
+        assert counts == sorted(counts) and counts[-1] > 0, (desc, counts)
+    warned = [x for x in lines if re.search(r"\w+Warning: ", x)]
+    assert len(warned) == len(set(warned)), warned
+    assert "simulated pathology on real anatomy: not patient data" in stdout
+    assert re.search(r"^K= 1  \d\.\d{3} \[", stdout, re.M) and "model: models:/medcl-fewshot@champion" in stdout
 
 
 def _strict_load(text: str):
@@ -50,10 +78,12 @@ def test_summary_json_is_strict_json(tmp_path):
     assert _strict_load(path.read_text()) == {"auc": None, "x": [0.5, None], "n": 3, "a": [1.0, None]}
 
 
-def test_summary_has_the_promised_shape(demo_out):
+def test_summary_has_the_promised_shape(demo_out, demo_console):
     out, summary = demo_out
-    on_disk = _strict_load((out / "summary.json").read_text())
-    assert on_disk == json.loads(json.dumps(summary))
+    _strict_load((out / "summary.json").read_text())
+    # the console's headline table holds the summary's numbers
+    for k, row in summary["fewshot"]["pretrained"].items():
+        assert f"K={int(k):>2}  {row['balanced_accuracy']:.3f} [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]" in demo_console[1]
     assert summary["cohort"]["scans"] == 18 and summary["cohort"]["labels"] == {"atrophy": 6, "healthy": 6, "lesion": 6}
     for enc in ("pretrained", "random_init"):
         for k in ("1", "2"):
@@ -131,7 +161,7 @@ def test_fresh_process_loads_registered_model_by_alias(demo_out):
         "df = m.predict([sys.argv[2]])\n"
         "print(json.dumps(df.iloc[0].to_dict()))\n"
     )
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MEDCL_SERVE_ROOT": str(out)}   # paths under out/ only
     proc = subprocess.run([sys.executable, "-c", code, summary["mlflow"]["tracking_uri"], str(scan)],
                           capture_output=True, text=True, timeout=300, env=env, cwd=out)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -169,7 +199,7 @@ def test_predict_on_a_raw_scan_gives_the_probabilities_the_evaluation_gave(demo_
         assert np.allclose(cohort.transform(i), pre.transform, atol=1e-6)
         one = Cohort(cohort.root, [cohort.rows[i]])
         evaluated = inner.head.predict_proba(embed_cohort(inner.encoder, one, inner.meta["view_size"]))[0]
-        predicted = model.predict([str(path)]).iloc[0]
+        predicted = model.predict([path.read_bytes()]).iloc[0]   # the scan itself, as a client sends it
         got = np.array([predicted[str(c)] for c in inner.head.classes_])
         np.testing.assert_allclose(got, evaluated, atol=2e-3)
 

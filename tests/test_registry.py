@@ -114,7 +114,8 @@ def test_fresh_process_with_only_the_registry_uri_runs_both_models_without_unpic
                                                                                        tmp_path):
     np.save(tmp_path / "array.npy", scans["array"])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MEDCL_"))}
-    env.update({"MLFLOW_TRACKING_URI": registered_models["uri"], "MLFLOW_DISABLE_TELEMETRY": "true"})
+    env.update({"MLFLOW_TRACKING_URI": registered_models["uri"], "MLFLOW_DISABLE_TELEMETRY": "true",
+                "MEDCL_SERVE_ROOT": str(scans["nifti"].parent)})   # paths are read under this root only
     proc = subprocess.run([sys.executable, "-c", FRESH, str(scans["nifti"]), str(scans["dicom"]),
                            str(tmp_path / "array.npy")], capture_output=True, text=True, timeout=300, env=env,
                           cwd=tmp_path)
@@ -135,19 +136,31 @@ def test_fresh_process_with_only_the_registry_uri_runs_both_models_without_unpic
     assert not np.allclose(half, array, atol=1e-4)
     # the encoder in the registry is the one that was logged
     from medcl.serving.inference import embed_inputs
+    from medcl.serving.scan_input import trusted_paths
 
-    expected = embed_inputs(registered_models["encoder"], [scans["nifti"]], registered_models["meta"])
+    with trusted_paths():
+        expected = embed_inputs(registered_models["encoder"], [scans["nifti"]], registered_models["meta"])
     assert np.allclose(np.asarray(out["encoder"]), expected, atol=1e-5)
 
 
-def test_bad_input_is_a_clear_error(registered_models, scans, tmp_path):
+def test_bad_input_is_a_clear_error(registered_models, scans, tmp_path, monkeypatch):
+    """Without a serving root the model reads no path, even in-process; it reads the scan's
+    bytes; a caller that trusts its paths (``medcl predict``) reads them anywhere."""
     import pandas as pd
 
+    from medcl.serving.scan_input import InputRefused, trusted_paths
+
+    monkeypatch.delenv("MEDCL_SERVE_ROOT", raising=False)
     with use_mlflow(registered_models["uri"]):
         model = mlflow.pyfunc.load_model("models:/medcl-fewshot@champion")
-    with pytest.raises(Exception, match="no such file|does not exist|not found|No such"):
-        model.predict([str(tmp_path / "missing.nii.gz")])
-    with pytest.raises(Exception, match="3D array"):
+    with pytest.raises(InputRefused, match=r"^input 0: paths are not accepted by this server; send the scan's bytes"):
+        model.predict([str(scans["nifti"])])
+    by_bytes = model.predict([scans["nifti"].read_bytes()])
+    with trusted_paths():
+        np.testing.assert_allclose(model.predict([str(scans["nifti"])]).iloc[:, :3], by_bytes.iloc[:, :3], atol=1e-6)
+        with pytest.raises(InputRefused, match="no such file|does not exist|not found|No such"):
+            model.predict([str(tmp_path / "missing.nii.gz")])
+    with pytest.raises(InputRefused, match="3D array"):
         model.predict(pd.DataFrame({"scan": [np.zeros((4, 4))]}))
 
 

@@ -11,7 +11,7 @@ import time
 
 import mlflow
 import pytest
-from conftest import MlflowServer
+from conftest import MlflowServer, point_tracking_at
 
 import medcl.tracking as tracking
 from medcl.tracking.spool import TrackingWarning
@@ -27,11 +27,15 @@ def kill(srv: MlflowServer) -> None:
 
 
 @pytest.fixture
-def env(tracking_env, monkeypatch):
+def env(tracking_env, monkeypatch, request):
     """conftest's ``tracking_env`` (the session's MLflow server, quick retries, a fresh
     tracker) made quicker still for outages; the server is running again afterwards (same
-    port, same stores) whatever the test did to it."""
+    port, same stores) whatever the test did to it. With the parameter ``"postgres"``: the
+    MLflow server on PostgreSQL with basic auth, as deployed (conftest's ``pg_mlflow_server``)."""
     server = tracking_env
+    if getattr(request, "param", "sqlite") == "postgres":
+        server = request.getfixturevalue("pg_mlflow_server")
+        point_tracking_at(server, monkeypatch)
     monkeypatch.setenv("MEDCL_TRACKING_BACKOFF", "0.05")
     monkeypatch.setenv("MEDCL_TRACKING_PROBE", "0")      # try to replay at every call while offline
     monkeypatch.setenv("MEDCL_SYSTEM_METRICS", "false")
@@ -45,6 +49,7 @@ def _history(client, run_id, key):
     return {m.step: (m.value, m.timestamp) for m in client.get_metric_history(run_id, key)}
 
 
+@pytest.mark.parametrize("env", ["sqlite", "postgres"], indirect=True)
 def test_server_killed_mid_run_the_run_finishes_and_nothing_is_lost(env, tmp_path):
     server = env
     spool = tracking.spool_path_for(tmp_path)

@@ -2,7 +2,8 @@
 
 Logged with ``python_model=<this file>``; its weights travel as a state-dict artifact that is
 loaded with ``weights_only=True``, so loading the model from the registry unpickles no code.
-Input: one column of scans (NIfTI paths, DICOM folders or 3D arrays), param ``spacing`` for
+Input: one column of scans (bytes of NIfTI or DICOM files, 3D arrays, or paths under
+``MEDCL_SERVE_ROOT``: :mod:`medcl.serving.scan_input`), param ``spacing`` for
 arrays; output: one column ``h0..h{D-1}`` per feature.
 """
 

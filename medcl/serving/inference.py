@@ -19,6 +19,7 @@ from medcl.config import DataConfig
 from medcl.data.ingest import preprocess, preprocess_file
 from medcl.fewshot.embed import embed_views
 from medcl.models import Encoder
+from medcl.serving.scan_input import InputRefused, RequestBudget, opened
 
 
 def load_encoder(weights: str | Path, meta: dict) -> Encoder:
@@ -39,16 +40,20 @@ def data_config(meta: dict) -> DataConfig:
     return DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["data"].items() if k in known})
 
 
+SCAN_TYPES = (str, Path, bytes, bytearray)
+
+
 def _is_paths(value) -> bool:
     return isinstance(value, (list, tuple, np.ndarray)) and len(value) > 0 and \
-        all(isinstance(v, (str, Path)) for v in value)
+        all(isinstance(v, SCAN_TYPES) for v in value)
 
 
 def scan_inputs(model_input) -> list:
-    """Normalise pyfunc input to a list of scans, each a path (NIfTI file, DICOM file or
-    folder) or a 3D array (RAS voxel order). Accepted: a path, a list of paths or arrays, a
-    DataFrame whose first column (or ``path``/``scan`` column) holds them, a dict
-    ``{"scan": [...]}``, a 3D array."""
+    """Normalise pyfunc input to a list of scans, each the bytes of a scan file (``bytes`` or
+    base64 text), a path (NIfTI file, DICOM file or folder; read only as
+    :mod:`medcl.serving.scan_input` allows) or a 3D array (RAS voxel order). Accepted: one
+    scan, a list of them, a DataFrame whose first column (or ``path``/``scan`` column) holds
+    them, a dict ``{"scan": [...]}``, a 3D array. Anything else is an :class:`InputRefused`."""
     import pandas as pd
 
     if isinstance(model_input, pd.DataFrame):
@@ -60,9 +65,9 @@ def scan_inputs(model_input) -> list:
     elif isinstance(model_input, dict):
         values = model_input.get("scan", model_input.get("path"))
         if values is None:
-            raise ValueError(f"input dict needs a 'scan' key, got {list(model_input)}")
-        values = [values] if isinstance(values, (str, Path)) else list(values)
-    elif isinstance(model_input, (str, Path)):
+            raise InputRefused(f"input dict needs a 'scan' key, got {list(model_input)[:10]}")
+        values = [values] if isinstance(values, SCAN_TYPES) else list(values)
+    elif isinstance(model_input, SCAN_TYPES):
         values = [model_input]
     elif isinstance(model_input, np.ndarray) and model_input.ndim == 3:
         values = [model_input]
@@ -70,34 +75,41 @@ def scan_inputs(model_input) -> list:
         values = list(model_input)
     items: list = []
     for i, v in enumerate(values):
-        if isinstance(v, (str, Path)):
+        if isinstance(v, SCAN_TYPES):
             items.append(v)
         elif _is_paths(v):  # {"scan": [a, b]} arrives from MLflow as one row holding the list
             items.extend(v)
         else:
-            arr = np.asarray(v, dtype=np.float32)
+            try:
+                arr = np.asarray(v, dtype=np.float32)
+            except (TypeError, ValueError) as exc:
+                raise InputRefused(f"input {i}: expected scan bytes, a path or a 3D array, got "
+                                   f"{type(v).__name__} ({str(exc).splitlines()[0][:100]})") from None
             if arr.ndim != 3:
-                raise ValueError(f"input {i}: expected a NIfTI path, a DICOM folder or a 3D array, "
-                                 f"got {type(v).__name__} of shape {arr.shape}")
+                raise InputRefused(f"input {i}: expected scan bytes, a path or a 3D array, "
+                                   f"got {type(v).__name__} of shape {arr.shape}")
             items.append(arr)
     if not items:
-        raise ValueError("no scans given: pass NIfTI paths, DICOM folders or 3D arrays, e.g. "
-                         "model.predict(['scan.nii.gz']) or a DataFrame with one 'scan' column")
+        raise InputRefused("no scans given: pass the bytes of NIfTI or DICOM files, 3D arrays or paths, e.g. "
+                           "model.predict([open('scan.nii.gz', 'rb').read()]) or a DataFrame with one 'scan' column")
     return items
 
 
 def embed_inputs(encoder: Encoder, items: list, meta: dict, spacing: float | None = None) -> np.ndarray:
-    """Representations of scans given as paths (NIfTI files, DICOM files or folders, read by
-    :func:`medcl.data.ingest.preprocess_file`) or 3D arrays in RAS voxel order with isotropic
-    voxels of ``spacing`` mm (default: the model's ``data.spacing``)."""
+    """Representations of scans given as bytes of scan files, paths (NIfTI files, DICOM files
+    or folders, read by :func:`medcl.data.ingest.preprocess_file`; see
+    :mod:`medcl.serving.scan_input` for which) or 3D arrays in RAS voxel order with isotropic
+    voxels of ``spacing`` mm (default: the model's ``data.spacing``). A scan that cannot be
+    read is an :class:`InputRefused` naming it by its position."""
     data_cfg = data_config(meta)
     spacing = float(spacing) if spacing else float(data_cfg.spacing)
+    budget = RequestBudget()
     views = []
-    for item in items:
-        if isinstance(item, (str, Path)):
-            pre = preprocess_file(Path(item), data_cfg)
-        else:
-            arr = np.asarray(item, dtype=np.float32)
-            pre = preprocess(arr, np.diag([spacing] * 3 + [1.0]), data_cfg)
-        views.append(eval_view(pre.image, pre.mask, meta["view_size"]))
+    for i, item in enumerate(items):
+        with opened(item, i, budget) as scan:
+            if isinstance(scan, Path):
+                pre = preprocess_file(scan, data_cfg)
+            else:
+                pre = preprocess(np.asarray(scan, dtype=np.float32), np.diag([spacing] * 3 + [1.0]), data_cfg)
+            views.append(eval_view(pre.image, pre.mask, meta["view_size"]))
     return embed_views(encoder, views)

@@ -4,8 +4,9 @@
   ``code_paths``), never a pickled object. Weights are a state dict (loaded with
   ``weights_only=True``) and the head plain arrays (``allow_pickle=False``), so a model pulled
   from the registry unpickles nothing.
-- Signature: one input column of scans (NIfTI paths, DICOM folders, or 3D arrays in RAS voxel
-  order) and the param ``spacing`` (mm, for arrays); the input example is a small synthetic
+- Signature: one input column of scans (the bytes of NIfTI or DICOM files, 3D arrays in RAS
+  voxel order, or paths under ``MEDCL_SERVE_ROOT``: :mod:`medcl.serving.scan_input`) and the
+  param ``spacing`` (mm, for arrays); the input example is a small synthetic
   volume, so it runs anywhere (MLflow runs it when the model is logged).
 - ``pip_requirements`` are explicit (the versions of this environment), and each model carries
   a model card (``artifacts/model_card.md``, also the version's description).
@@ -40,7 +41,7 @@ from medcl.tracking.spool import RunHandle, TrackingWarning, call_with_retry, re
 
 HERE = Path(__file__).parent
 PACKAGE_DIR = Path(medcl.__file__).parent
-# One unnamed column, so that ``model.predict(["scan.nii.gz"])`` works as well as a DataFrame.
+# One unnamed column, so that ``model.predict([scan_bytes])`` works as well as a DataFrame.
 INPUT_SCHEMA = Schema([ColSpec(AnyType())])
 ALIASES = ("champion", "challenger")
 CODE = {"encoder": HERE / "encoder_model.py", "fewshot": HERE / "fewshot_model.py"}
@@ -105,11 +106,13 @@ def model_card(kind: str, registered_name: str | None, meta: dict, classes: list
     out = ("one column `h0`..`h{D-1}` per feature" if kind == "encoder"
            else "one column per class with its probability, and `label` (the most probable class)")
     lines += ["## Input and output",
-              "Input: one column of scans, each a NIfTI path, a DICOM folder (one series) or a 3D array in RAS "
-              f"voxel order; param `spacing` (mm, default {meta['data']['spacing']}) for arrays. Output: {out}.", "",
+              "Input: one column of scans, each the bytes of a NIfTI file, of a DICOM file or of a zip of one DICOM "
+              "series (base64 text in a JSON request), or a 3D array in RAS voxel order; param `spacing` (mm, default "
+              f"{meta['data']['spacing']}) for arrays. Paths are read only under the folder named by `MEDCL_SERVE_ROOT`. "
+              f"Output: {out}.", "",
               "```python", "import mlflow",
               f"model = mlflow.pyfunc.load_model('models:/{name}@champion')",
-              "model.predict(['scan.nii.gz', 'dicom_series_folder/'])", "```", "",
+              "model.predict([open('scan.nii.gz', 'rb').read()])", "```", "",
               "## Limitations"]
     lines += [f"- {x}" for x in info.get("limitations", [])] or ["- None recorded."]
     lines += ["- Accuracy on other scanners, sequences, populations or diseases is unknown until measured.", "",

@@ -33,10 +33,11 @@ import mlflow  # noqa: E402
 
 from medcl.tracking.background import BackgroundLog  # noqa: E402
 from medcl.tracking.environment import environment, environment_tags  # noqa: E402
-from medcl.tracking.spool import RunHandle, Tracker, TrackingWarning, call_with_retry, is_transient  # noqa: E402
+from medcl.tracking.spool import (RunHandle, Tracker, TrackingWarning, call_with_retry, http_status,  # noqa: E402
+                                  is_transient)
 from medcl.tracking.system_metrics import start_monitor  # noqa: E402
 
-__all__ = ["BackgroundLog", "background_log", "setup", "resolve_uri", "default_uri", "use_uri", "start_run", "current_run", "log_metrics", "log_params", "set_tags",
+__all__ = ["BackgroundLog", "background_log", "setup", "check_access", "TrackingAuthError", "resolve_uri", "default_uri", "use_uri", "start_run", "current_run", "log_metrics", "log_params", "set_tags",
            "log_dict", "log_text", "log_artifact", "log_fewshot_evaluation", "tracker", "spool_path_for", "RunHandle", "TrackingWarning",
            "call_with_retry", "is_transient"]
 
@@ -91,6 +92,26 @@ def client_environment() -> None:
     for key, value in _HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     _credentials_from_file()
+
+
+class TrackingAuthError(Exception):
+    """The tracking server refused medcl's credentials. Unlike an outage this is not waited
+    out or spooled: the command stops with this one line."""
+
+
+def check_access(uri: str, timeout: float = 10.0) -> None:
+    """One request to an HTTP tracking server with the credentials MLflow's client will use;
+    :class:`TrackingAuthError` if it answers 401 or 403. A server that does not answer passes:
+    that is an outage, which logging rides out (:mod:`medcl.tracking.spool`)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    client_environment()
+    status = http_status(uri, "/api/2.0/mlflow/experiments/get", timeout, experiment_id="0")
+    if status in (401, 403):
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        who = f"user {user!r}" if user else "a request without credentials (no MLFLOW_TRACKING_USERNAME)"
+        raise TrackingAuthError(f"MLflow at {uri} refused {who} (HTTP {status}): check MLFLOW_TRACKING_USERNAME and "
+                                f"MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_PASSWORD_FILE)")
 
 
 def use_uri(uri: str) -> None:

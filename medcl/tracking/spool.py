@@ -84,6 +84,22 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (OSError, TimeoutError, ConnectionError))
 
 
+def http_status(uri: str, endpoint: str, timeout: float, **params) -> int | None:
+    """The HTTP status of ``GET uri + endpoint`` through MLflow's own HTTP helper (same TLS
+    settings and credentials as every other call, no retries); None when nothing answers, -1
+    when this MLflow has no such helper (the caller then just tries)."""
+    try:
+        from mlflow.utils.credentials import get_default_host_creds
+        from mlflow.utils.rest_utils import http_request
+    except ImportError:  # pragma: no cover - moved in another MLflow version
+        return -1
+    try:
+        return http_request(get_default_host_creds(uri), endpoint, "GET", max_retries=0, timeout=timeout,
+                            raise_on_status=False, params=params or None).status_code
+    except Exception:
+        return None
+
+
 def call_with_retry(fn: Callable, retries: int, backoff: float, sleep: Callable[[float], None] = time.sleep):
     """``fn()``; on a transient error wait ``backoff``, ``2*backoff``, ... and try again,
     ``retries`` times at most. Permanent errors and the last transient one are raised."""
@@ -296,16 +312,7 @@ class Tracker:
         not a request timeout per probe: ``GET /health`` for HTTP servers; other stores: True."""
         if not self.tracking_uri.startswith(("http://", "https://")):
             return True
-        try:  # MLflow's own HTTP helper: same TLS settings and credentials as every other call
-            from mlflow.utils.credentials import get_default_host_creds
-            from mlflow.utils.rest_utils import http_request
-        except ImportError:  # pragma: no cover - moved in another MLflow version: just try the replay
-            return True
-        try:
-            return http_request(get_default_host_creds(self.tracking_uri), "/health", "GET", max_retries=0,
-                                timeout=timeout, raise_on_status=False).status_code == 200
-        except Exception:
-            return False
+        return http_status(self.tracking_uri, "/health", timeout) in (200, -1)
 
     def replay(self) -> bool:
         """Send the spooled records in order; stop at the first transient failure and keep the
