@@ -148,8 +148,8 @@ def _rank_batches(source: PairSource, n_scans: int, plan: Plan, seed: int, epoch
                   info: dist.DistInfo, dtype: torch.dtype) -> Iterator[Batch]:
     """This rank's shard of each global batch of ``epoch`` from batch ``start`` on, views as ``dtype``."""
     shards = rank_shards(epoch_batches(n_scans, plan.global_batch, seed, epoch), info.rank, info.world)
-    for v1, v2, y in source.batches(shards[start:], epoch):
-        yield v1.to(dtype), v2.to(dtype), y
+    for v1, v2, y, *local in source.batches(shards[start:], epoch):
+        yield (v1.to(dtype), v2.to(dtype), y, *(x.to(dtype) for x in local))
 
 
 def _train(model: nn.Module, state: TrainState, source: PairSource, callbacks: Callback, cfg: Config, plan: Plan,

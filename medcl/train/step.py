@@ -43,10 +43,9 @@ def train_step(model: nn.Module, state: TrainState, batch: Batch, precision: Pre
     """Run one optimiser step of ``state`` on ``batch`` (this rank's shard of a global batch)
     through ``model`` (the method, or its DDP wrapper); the step's scalars, averaged over the
     ranks. Does not advance ``state``'s position: the loop does, once the step is logged."""
-    v1, v2, y = batch
     method, opt, sched, scaler = state.method, state.optimizer, state.scheduler, state.scaler
     with torch.autocast(device.type, dtype=precision.autocast_dtype, enabled=precision.autocast):
-        out = model(v1, v2, y)
+        out = model(*batch)       # (view1, view2, labels[, local views])
     opt.zero_grad(set_to_none=True)
     scaler.scale(out.loss).backward()
     scaler.step(opt)
