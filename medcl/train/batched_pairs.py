@@ -12,7 +12,7 @@ and, when streaming, each scan's crop region); the main process applies it with
 
 Workers never hold the cohort. They do the cheap per-scan work: read the mask's bytes
 (memory-mapped, or the arrays already in memory, read only), draw the view parameters with
-:func:`medcl.augment.params.sample_pair` (the same generator per ``(seed, epoch, scan)`` as the
+:func:`medcl.augment.params.sample_views` (the pair and any local views; the same generator per ``(seed, epoch, scan)`` as the
 MONAI path, so both backends draw the same parameters), and in ``stream`` mode read the crops.
 
 Workers are threads by default (``train.worker_kind: thread``): that work is a few milliseconds
