@@ -57,6 +57,10 @@ class SwAV(Method):
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         self._queue_full = False
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._queue_full = False            # a restored queue is looked at again
+        super()._load_from_state_dict(*args, **kwargs)
+
     @torch.no_grad()
     def normalize_prototypes(self) -> None:
         self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
