@@ -155,6 +155,7 @@ def test_queue_fills_newest_first_and_joins_the_codes_once_full():
     cfg = load_config(None, TINY + ["train.swav_queue_size=8"])
     torch.manual_seed(0)
     method = build_method(cfg).eval()      # eval: batch norm independent of the batch, to recompute below
+    empty = {k: v.clone() for k, v in method.state_dict().items()}
     a1, a2, _ = _views(seed=1)
     v1, v2, _ = _views(seed=2)
     with torch.no_grad():
@@ -173,6 +174,8 @@ def test_queue_fills_newest_first_and_joins_the_codes_once_full():
         assert method(v1, v2).loss.item() == pytest.approx(full.item(), rel=1e-5)
         assert full.item() != pytest.approx(partial.item(), rel=1e-4)
         assert int(method.queue_filled) == 8
+        method.load_state_dict(empty)       # a restored state with an empty queue: no queue again
+        assert method(v1, v2).loss.item() == pytest.approx(partial.item(), rel=1e-5)
 
 
 def test_local_views_predict_the_global_codes():
