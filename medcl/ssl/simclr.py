@@ -1,9 +1,9 @@
 """SimCLR (Chen et al., 2020): encoder + MLP projection head + NT-Xent over every GPU's batch.
 
-With multi-crop's local views (``augment.local_views``, SimCLR + multi-crop as in Caron et al.
-2020, who apply multi-crop to SimCLR too) every view of a scan is a positive of every other view of it: the multi-positive
-NT-Xent, which is :func:`medcl.losses.supcon` with one class per scan (with two views it is
-:func:`medcl.losses.nt_xent`)."""
+With multi-crop's local views (``augment.local_views``; Caron et al. 2020 apply multi-crop to
+SimCLR this way) every view of a scan is a positive of every other view of it: the
+multi-positive NT-Xent, which is :func:`medcl.losses.supcon` with one class per scan (with two
+views it is :func:`medcl.losses.nt_xent`)."""
 
 from __future__ import annotations
 
