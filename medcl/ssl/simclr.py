@@ -1,7 +1,7 @@
 """SimCLR (Chen et al., 2020): encoder + MLP projection head + NT-Xent over every GPU's batch.
 
-With multi-crop's local views (``augment.local_views``; Caron et al. 2020 apply multi-crop to
-SimCLR this way) every view of a scan is a positive of every other view of it: the
+With multi-crop's local views (``augment.local_views``; not in the SimCLR paper, Caron et al.
+2020 report SimCLR with multi-crop; medcl's choice, docs/methods.md) every view of a scan is a positive of every other view of it: the
 multi-positive NT-Xent, which is :func:`medcl.losses.supcon` with one class per scan (with two
 views it is :func:`medcl.losses.nt_xent`)."""
 
