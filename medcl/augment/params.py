@@ -80,13 +80,22 @@ def foreground_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(lo, dtype=np.int64), np.array(hi, dtype=np.int64)
 
 
-def crop_iou(a: ViewParams, b: ViewParams) -> float:
-    """Intersection over union of two crop boxes."""
+def _intersection(a: ViewParams, b: ViewParams) -> float:
+    """Voxels in both crop boxes."""
     a0, a1 = np.array(a.crop_start), np.array(a.crop_start) + a.crop_size
     b0, b1 = np.array(b.crop_start), np.array(b.crop_start) + b.crop_size
-    inter = np.prod(np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0, None))
-    union = np.prod(a.crop_size) + np.prod(b.crop_size) - inter
-    return float(inter / union)
+    return float(np.prod(np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0, None)))
+
+
+def crop_iou(a: ViewParams, b: ViewParams) -> float:
+    """Intersection over union of two crop boxes."""
+    inter = _intersection(a, b)
+    return float(inter / (np.prod(a.crop_size) + np.prod(b.crop_size) - inter))
+
+
+def crop_cover(inner: ViewParams, outer: ViewParams) -> float:
+    """Fraction of ``inner``'s crop box that lies inside ``outer``'s."""
+    return float(_intersection(inner, outer) / np.prod(inner.crop_size))
 
 
 def union_box(views: Sequence[ViewParams]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -104,13 +113,6 @@ def foreground_fraction(mask: np.ndarray, p: ViewParams) -> float:
     if part.dtype == bool:  # exact count / size: the same float as part.mean(), faster
         return float(np.count_nonzero(part) / part.size) if part.size else float("nan")
     return float(part.mean())
-
-
-def crop_cover(inner: ViewParams, outer: ViewParams) -> float:
-    """Fraction of ``inner``'s crop box that lies inside ``outer``'s."""
-    a0, a1 = np.array(inner.crop_start), np.array(inner.crop_start) + inner.crop_size
-    b0, b1 = np.array(outer.crop_start), np.array(outer.crop_start) + outer.crop_size
-    return float(np.prod(np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0, None)) / np.prod(inner.crop_size))
 
 
 def _sample_crop(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray,
