@@ -60,6 +60,11 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.0, 1.0)
     blur_prob: float = 0.3
     max_tries: int = 50              # rejection sampling budget for crop constraints
+    # multi-crop (SwAV's, Caron et al. 2020): small local views besides the two global ones;
+    # methods that use them: docs/methods.md, "Multi-crop"
+    local_views: int = 0             # local views per scan (0 = off)
+    local_scale: tuple[float, float] = (0.3, 0.5)  # local crop edge / foreground-box edge
+    local_size: int = 24             # each local view is resampled to local_size^3 voxels
     # optional (0 = off: then nothing is drawn for them and the views are as without the keys)
     shear: float = 0.0               # each of the 6 MONAI shear coefficients in [-shear, shear]
     gibbs_prob: float = 0.0          # probability of Gibbs ringing (k-space truncation) per view
@@ -84,7 +89,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    method: str = "simclr"           # simclr | moco | byol | barlow_twins | vicreg | supcon | triplet | margin | npair
+    method: str = "simclr"           # simclr | moco | byol | barlow_twins | vicreg | swav | supcon | triplet | margin | npair
     epochs: int = 30
     batch_size: int = 16             # pairs per step over all processes (global); split evenly across DDP ranks
     lr: float = 1e-3                 # at lr_reference_batch pairs when lr_scaling is linear or sqrt
@@ -95,7 +100,7 @@ class TrainConfig:
     lars_eta: float = 0.001          # lars trust coefficient
     lr_scaling: str = "none"         # none | linear | sqrt: lr * (batch_size / lr_reference_batch) [** 0.5]
     lr_reference_batch: int = 256
-    temperature: float = 0.2         # simclr, moco, supcon
+    temperature: float = 0.2         # simclr, moco, supcon, swav
     learn_temperature: bool = False  # temperature as a trained parameter (log-parametrised, >= 0.01)
     # method-specific (medcl/ssl/<method>.py reads only its own)
     ema_momentum: float = 0.99       # moco, byol: momentum encoder EMA at step 0, cosine schedule to ...
@@ -107,6 +112,11 @@ class TrainConfig:
     pos_margin: float = 0.0          # margin (contrastive margin on pairs): positives pulled within this distance
     neg_margin: float = 1.0          # ... negatives pushed beyond this one
     npair_l2_reg: float = 0.002      # npair: L2 penalty on the (unnormalised) embeddings
+    swav_prototypes: int = 32        # swav: number of prototypes (clusters)
+    swav_epsilon: float = 0.05       # swav: Sinkhorn-Knopp entropy regularisation
+    swav_iterations: int = 3         # swav: Sinkhorn-Knopp iterations
+    swav_queue_size: int = 0         # swav: earlier embeddings per global view joined to the codes' batch (0 = none)
+    swav_freeze_prototypes: int = 0  # swav: optimiser steps during which the prototypes do not move
     num_workers: int = 1             # loader workers (batched: draw view parameters, read bytes; monai: make views)
     worker_kind: str = "thread"      # batched backend: thread (no extra process, no extra memory) | process
     seed: int = 0
@@ -283,6 +293,10 @@ def _augment_checks(a: AugmentConfig) -> list[tuple[bool, str, str]]:
         (0 <= a.gibbs_alpha[0] <= a.gibbs_alpha[1] < 1, "augment.gibbs_alpha", "must satisfy 0 <= low <= high < 1"),
         (0 <= a.spike_prob <= 1, "augment.spike_prob", "must be in [0, 1]"),
         (0 < a.spike_amplitude[0] <= a.spike_amplitude[1], "augment.spike_amplitude", "must satisfy 0 < low <= high"),
+        (a.local_views >= 0, "augment.local_views", "must be >= 0 (0 = off)"),
+        (0 < a.local_scale[0] <= a.local_scale[1] <= 1, "augment.local_scale", "must satisfy 0 < low <= high <= 1"),
+        (a.local_views == 0 or 8 <= a.local_size <= a.view_size, "augment.local_size",
+         "must be in [8, augment.view_size] when augment.local_views > 0"),
     ]
 
 

@@ -95,6 +95,22 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def rank() -> int:
+    """This process's rank; 0 without a process group."""
+    return dist.get_rank() if world_size() > 1 else 0
+
+
+@torch.no_grad()
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """The sum of ``x`` over the ranks, as a new tensor without gradient; ``x`` itself with one
+    process (the sums of SwAV's Sinkhorn-Knopp iterations, :func:`medcl.losses.sinkhorn`)."""
+    if world_size() == 1:
+        return x
+    out = x.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()

@@ -2,7 +2,7 @@
 
 :func:`medcl.config.load_config` checks types and ranges; the *names* a config may use belong
 to the modules that implement them — methods (:data:`medcl.ssl.METHODS`, each method also
-checking its own settings), encoder architectures (:data:`medcl.models.FEATURE_DIMS`), cache
+checking its own settings and saying whether it uses multi-crop's local views), encoder architectures (:data:`medcl.models.FEATURE_DIMS`), cache
 placements and loader worker kinds (:mod:`medcl.train.store`, :mod:`medcl.train.batched_pairs`), optimisers
 (:data:`medcl.train.optim.OPTIMIZERS`), few-shot heads, baselines and label-budget methods
 (:mod:`medcl.fewshot`), radiomics feature families
@@ -53,7 +53,10 @@ def check_names(cfg: Config) -> None:
          _among(RADIOMICS_FAMILIES)),
         (f.budget_method in BUDGET_METHODS + ("none",), "fewshot.budget_method", _one_of(BUDGET_METHODS + ("none",))),
     ])
-    raise_failed(cfg, method_class(t.method).checks(t))
+    method = method_class(t.method)
+    raise_failed(cfg, method.checks(t) + [
+        (cfg.augment.local_views == 0 or method.uses_local_views, "augment.local_views",
+         f"must be 0 for {t.method}, which does not use local views (docs/methods.md, \"Multi-crop\")")])
 
 
 def load_checked(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

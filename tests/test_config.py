@@ -58,6 +58,10 @@ def test_shipped_configs_load():
     ("triplet", "train.margin=-0.1", "train.margin"),
     ("margin", "train.pos_margin=2.0", "train.pos_margin"),
     ("npair", "train.npair_l2_reg=-1", "train.npair_l2_reg"),
+    ("swav", "train.swav_epsilon=0", "train.swav_epsilon"),
+    ("swav", "train.swav_queue_size=-1", "train.swav_queue_size"),
+    ("vicreg", "augment.local_views=2", "augment.local_views' must be 0 for vicreg"),
+    ("moco", "augment.local_views=2", "augment.local_views' must be 0 for moco"),
 ])
 def test_each_method_checks_its_own_settings(method, override, named):
     with pytest.raises(ConfigError, match=named):
@@ -65,6 +69,14 @@ def test_each_method_checks_its_own_settings(method, override, named):
     # another method does not read that setting, so it is not refused there
     other = "simclr" if method != "simclr" else "moco"
     load_checked(None, [f"train.method={other}", override])
+
+
+@pytest.mark.parametrize("override,named", [
+    ("augment.local_views=-1", "augment.local_views"), ("augment.local_scale=[0.5, 0.3]", "augment.local_scale"),
+    ("augment.local_size=64", "augment.local_size' must be in \\[8, augment.view_size\\]")])
+def test_multicrop_ranges(override, named):
+    with pytest.raises(ConfigError, match=named):
+        load_checked(None, ["augment.local_views=2", override])
 
 
 def test_type_and_range_checks_need_no_registry():

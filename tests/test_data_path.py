@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from medcl.augment import sample_pair
+from medcl.augment import sample_pair, sample_views
 from medcl.config import AugmentConfig, load_config
 from medcl.validate import load_checked
 from medcl.data.cohort import Cohort
@@ -181,3 +181,23 @@ def test_thread_workers_start_no_process_and_keep_order(cohort):
     assert not any(t.name.startswith("medcl-jobs") and t.is_alive() for t in threading.enumerate())
     with pytest.raises(ValueError, match="train.worker_kind"):
         BatchedPairs.from_cohort(cohort, CFG, worker_kind="fibre")
+
+
+def test_local_views_from_both_backends_and_every_placement(cohort):
+    """Multi-crop: the fourth entry of a batch, the same parameters per (seed, epoch, scan) from
+    either backend, the same views from a streamed placement, and within float rounding of the
+    MONAI path's."""
+    cfg = load_config(overrides=["augment.view_size=16", "augment.local_views=2", "augment.local_size=8",
+                                 "augment.backend=monai", "train.num_workers=0"])
+    shards = epoch_batches(len(cohort), 4, seed=0, epoch=1)
+    host = BatchedPairs.from_cohort(cohort, cfg.augment, placement="host")
+    stream = BatchedPairs.from_cohort(cohort, cfg.augment, placement="stream")
+    monai = make_pair_source(cohort, cfg, torch.device("cpu"))
+    for (m1, m2, my, ml), (h1, h2, hy, hl), (s1, s2, sy, sl) in zip(
+            monai.batches(shards, 1), host.batches(shards, 1), stream.batches(shards, 1)):
+        assert ml.shape == hl.shape == sl.shape == (4, 2, 1, 8, 8, 8) and h1.shape == (4, 1, 16, 16, 16)
+        assert torch.allclose(hl, sl, atol=1e-4) and torch.equal(my, hy)
+        for b, (i, views) in enumerate(zip(host.history.indices, host.history.pairs)):
+            assert views == sample_views(np.random.default_rng([0, 1, i]), cohort.mask(i), cfg.augment)
+            assert not torch.allclose(hl[b, 0], hl[b, 1])
+        assert float((ml - hl).abs().max()) < 1e-3 and float((m1 - h1).abs().max()) < 1e-3

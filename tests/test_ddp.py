@@ -9,7 +9,8 @@ batch norm becomes :class:`medcl.dist.SyncBatchNorm`, whose statistics are those
 both processes' samples, so each layer sees the same global batch as the one-process reference
 (which uses plain ``nn.BatchNorm``). Without sync_bn the two runs would differ by design.
 
-For every method, two SGD steps in float64: the loss (mean over ranks of each rank's loss) and
+For every method (and SwAV, SimCLR and BYOL with two local views of multi-crop; SwAV's queue
+full at the second step, its prototypes frozen for the first), two SGD steps in float64: the loss (mean over ranks of each rank's loss) and
 every parameter's gradient after DDP's averaging must equal the one-process values within 1e-5
 at both steps (float64 so that the bound measures the algorithm, not float32 summation order:
 in float32 the largest gradients, of the first convolution, agree only to ~3e-5 absolute), so MoCo's queue (filled from every rank's keys) and the momentum encoders after an
@@ -32,11 +33,13 @@ from pathlib import Path
 import pytest
 import torch
 
-METHODS = ["simclr", "moco", "byol", "barlow_twins", "vicreg", "supcon", "triplet", "margin", "npair"]
+METHODS = ["simclr", "moco", "byol", "barlow_twins", "vicreg", "supcon", "triplet", "margin", "npair",
+           "swav/local", "simclr/local", "byol/local"]     # /local: with two local views (multi-crop)
 B = 4                      # global pairs per step: 2 per rank
 TINY = ["augment.view_size=16", "model.widen_factor=0.125", "model.proj_hidden=32", "model.proj_dim=16",
         "train.queue_size=12", "train.learn_temperature=true", "train.optimizer=sgd", "train.lr=0.05",
-        "train.weight_decay=0.0", "train.sync_bn=true", "train.margin=0.5"]
+        "train.weight_decay=0.0", "train.sync_bn=true", "train.margin=0.5", "augment.local_size=8",
+        "train.swav_prototypes=6", "train.swav_queue_size=4", "train.swav_freeze_prototypes=1"]
 PRETRAIN = TINY + ["train.method=moco", "train.epochs=2", "train.batch_size=2", "train.num_workers=0",
                    "train.threads=1", "train.warmup_epochs=0", "train.precision=fp64"]
 
@@ -44,14 +47,14 @@ PRETRAIN = TINY + ["train.method=moco", "train.epochs=2", "train.batch_size=2", 
 def _config(name: str):
     from medcl.config import load_config
 
-    return load_config(None, TINY + [f"train.method={name}"])
+    return load_config(None, TINY + [f"train.method={name.split('/')[0]}"])
 
 
 def _batch(step: int):
     g = torch.Generator().manual_seed(100 + step)
     v1, v2 = torch.randn(B, 1, 16, 16, 16, generator=g), torch.randn(B, 1, 16, 16, 16, generator=g)
     labels = torch.tensor([0, 1, -1, 0])       # a class on both ranks, and an unlabelled scan
-    return v1, v2, labels
+    return v1, v2, labels, torch.randn(B, 2, 1, 8, 8, 8, generator=g)
 
 
 def run_method(name: str, rank: int = 0, world: int = 1) -> list[tuple[float, dict[str, torch.Tensor]]]:
@@ -80,8 +83,8 @@ def _run_method(name: str, rank: int, world: int) -> list[tuple[float, dict[str,
     per = B // world
     out = []
     for step in range(2):
-        v1, v2, y = (x[rank * per:(rank + 1) * per] for x in _batch(step))
-        res = model(v1, v2, y)
+        v1, v2, y, local = (x[rank * per:(rank + 1) * per] for x in _batch(step))
+        res = model(v1, v2, y, local) if name.endswith("/local") else model(v1, v2, y)
         opt.zero_grad(set_to_none=True)
         res.loss.backward()
         loss = dist.all_reduce_mean({"loss": float(res.loss.detach())})["loss"]

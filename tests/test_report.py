@@ -143,3 +143,33 @@ def test_the_check_fails_on_a_broken_image_and_an_empty_section(report, tmp_path
     (tmp_path / "broken.html").write_text(broken)
     check = browser_check(tmp_path / "broken.html")
     assert len(check["broken"]) == 1 and check["empty_sections"] == ["hollow"]
+
+
+def test_montage_shows_the_local_views_of_multicrop(report_data, tmp_path):
+    """Local views get columns of their own (the figure is wider by them) and survive the
+    report's saved data."""
+    import dataclasses
+
+    from PIL import Image
+
+    from medcl.report.figures import montage_figure
+
+    rng = np.random.default_rng(1)
+    local = [rng.random((8, 8, 8)) for _ in range(2)]
+    with_local = [dataclasses.replace(s, local=local) for s in report_data.montage]
+
+    def width(samples) -> int:
+        uri = montage_figure(samples)
+        return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).size[0]
+
+    assert width(with_local) / width(report_data.montage) == pytest.approx(5 / 3, rel=0.05)
+    save_report_data(dataclasses.replace(report_data, montage=with_local), tmp_path)
+    again = load_report_data(tmp_path).montage
+    assert [len(s.local) for s in again] == [2, 2, 2]
+    assert np.allclose(again[0].local[1], local[1][:, :, 4])          # the mid-axial slice
+    assert all(s.local == [] for s in load_report_data(_saved(report_data, tmp_path / "plain")).montage)
+
+
+def _saved(data, folder):
+    save_report_data(data, folder)
+    return folder

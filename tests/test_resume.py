@@ -9,7 +9,9 @@
   bit-identical.
 
 MoCo is the method: it has the most state to carry (momentum encoder and EMA schedule, queue,
-learned temperature, AdamW moments, warmup + cosine schedule). The crash point comes from the
+learned temperature, AdamW moments, warmup + cosine schedule); the kill at a random step is also
+run with SwAV and multi-crop (its queue, the step count that ends the freezing of its
+prototypes, local views from the loop's own data path). The crash point comes from the
 crash-test hook ``MEDCL_DEBUG_PAUSE`` (medcl.train.callbacks.debug_pause): the process
 announces that it reached the step, then the test kills it with SIGKILL.
 """
@@ -32,6 +34,8 @@ ARGS = ["train.method=moco", "augment.view_size=16", "model.widen_factor=0.125",
         "model.proj_dim=16", "train.queue_size=4", "train.learn_temperature=true", "train.epochs=3",
         "train.batch_size=2", "train.warmup_epochs=1", "train.num_workers=0", "train.threads=1",
         "train.checkpoint_every_steps=2"]
+SWAV = ["train.method=swav", "augment.local_views=2", "augment.local_size=8", "train.swav_prototypes=5",
+        "train.swav_queue_size=4", "train.swav_freeze_prototypes=4"]      # the later keys win over ARGS'
 STEPS = 9          # 6 scans, 2 pairs per step: 3 steps per epoch, 3 epochs; checkpoints after 2, 3, 4, 6, 8, 9
 
 
@@ -41,9 +45,9 @@ def _env(**extra) -> dict:
     return env
 
 
-def _cli(cohort: Path, out: Path, *flags: str) -> list[str]:
+def _cli(cohort: Path, out: Path, *flags: str, extra: tuple[str, ...] = ()) -> list[str]:
     return [sys.executable, "-m", "medcl.cli", "pretrain", "--cohort", str(cohort), "--out", str(out), "--quiet",
-            "--no-register", *flags, *ARGS]
+            "--no-register", *flags, *ARGS, *extra]
 
 
 def _run_until_paused(cmd: list[str], pause: str, marker_dir: Path, timeout: float = 240) -> None:
@@ -65,7 +69,7 @@ def _run_until_paused(cmd: list[str], pause: str, marker_dir: Path, timeout: flo
     assert proc.returncode == -signal.SIGKILL
 
 
-def _pretrain_here(cohort: Path, out: Path, resume: bool = False):
+def _pretrain_here(cohort: Path, out: Path, resume: bool = False, extra: tuple[str, ...] = ()):
     """The loop in this process (no MLflow run), restoring the thread count it changes."""
     from medcl.config import load_config
     from medcl.data.cohort import Cohort
@@ -74,8 +78,8 @@ def _pretrain_here(cohort: Path, out: Path, resume: bool = False):
 
     threads = torch.get_num_threads()
     try:
-        return pretrain(load_config(None, ARGS), pretrain_cohort(Cohort.load(cohort)), out, progress=False,
-                        resume=resume)
+        return pretrain(load_config(None, ARGS + list(extra)), pretrain_cohort(Cohort.load(cohort)), out,
+                        progress=False, resume=resume)
     finally:
         torch.set_num_threads(threads)
 
@@ -85,6 +89,14 @@ def reference(tiny_cohort, tmp_path_factory):
     """The uninterrupted run."""
     out = tmp_path_factory.mktemp("reference")
     result = _pretrain_here(tiny_cohort, out)
+    assert result.steps == STEPS
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def swav_reference(tiny_cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("swav_reference")
+    result = _pretrain_here(tiny_cohort, out, extra=tuple(SWAV))
     assert result.steps == STEPS
     return out, result
 
@@ -101,20 +113,24 @@ def _assert_bit_identical(out: Path, reference, context: str) -> None:
     assert enc.keys() == ref_enc.keys() and all(torch.equal(enc[k], ref_enc[k]) for k in enc), context
 
 
-def test_kill_at_a_random_step_then_resume_is_bit_identical(tiny_cohort, reference, tmp_path):
+@pytest.mark.parametrize("method", ["moco", "swav"])
+def test_kill_at_a_random_step_then_resume_is_bit_identical(tiny_cohort, request, tmp_path, method):
     import mlflow
 
     from medcl.train.state import load_checkpoint
 
+    reference = request.getfixturevalue("reference" if method == "moco" else "swav_reference")
+    extra = () if method == "moco" else tuple(SWAV)
     step = random.SystemRandom().randint(3, STEPS - 1)      # after the first checkpoint (step 2)
-    context = f"killed after step {step}"
-    _run_until_paused(_cli(tiny_cohort, tmp_path), f"step:{step}", tmp_path / "pretrain")
+    context = f"{method} killed after step {step}"
+    _run_until_paused(_cli(tiny_cohort, tmp_path, extra=extra), f"step:{step}", tmp_path / "pretrain")
     killed = load_checkpoint(tmp_path / "pretrain" / "checkpoints" / "last.pt")
     assert killed["position"]["step"] < step, context       # the kill came before this step's checkpoint
     run_id = killed["mlflow_run_id"]
     assert run_id, context
 
-    done = subprocess.run(_cli(tiny_cohort, tmp_path, "--resume"), env=_env(), capture_output=True, text=True, timeout=240)
+    done = subprocess.run(_cli(tiny_cohort, tmp_path, "--resume", extra=extra), env=_env(), capture_output=True,
+                          text=True, timeout=240)
     assert done.returncode == 0, f"{context}: {done.stderr[-3000:]}"
     _assert_bit_identical(tmp_path / "pretrain", reference, context)
 

@@ -18,7 +18,7 @@ from medcl.train.optim import LARS, build_optimizer, scaled_lr, warmup_cosine
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "pretrain"
 TINY = ["augment.view_size=16", "model.widen_factor=0.125", "model.proj_hidden=32", "model.proj_dim=16",
-        "train.queue_size=6", "model.arch=resnet10"]
+        "train.queue_size=6", "model.arch=resnet10", "augment.local_size=8", "train.swav_freeze_prototypes=0"]
 
 
 def _tiny(name: str, *extra: str):

@@ -36,13 +36,14 @@ def _state(seed: int, args=ARGS) -> TrainState:
                       config_to_dict(cfg))
 
 
-def _train(state: TrainState, steps: int) -> None:
+def _train(state: TrainState, steps: int, local: int = 0) -> None:
     """``steps`` optimiser steps on random batches from the global generator, as the loop
-    keeps the position."""
+    keeps the position; with ``local`` local views of size 8 (multi-crop)."""
     for _ in range(steps):
         if state.step_in_epoch == STEPS_PER_EPOCH:
             state.epoch, state.step_in_epoch = state.epoch + 1, 0
         batch = (torch.randn(2, 1, 16, 16, 16), torch.randn(2, 1, 16, 16, 16), torch.tensor([0, -1]))
+        batch += (torch.randn(2, local, 1, 8, 8, 8),) if local else ()
         logs = train_step(state.method, state, batch, Precision.of("fp32", CPU), TOTAL, 0.1, CPU)
         state.advance(float(logs["loss"]))
 
@@ -94,6 +95,29 @@ def test_training_continued_from_a_checkpoint_is_bit_identical(tmp_path):
     assert (resumed.epoch, resumed.step_in_epoch) == (1, 0)   # a finished epoch resumes at the next
     _train(resumed, 3)
     assert resumed.losses == straight.losses and resumed.step == straight.step == 6
+    assert _equal(resumed.method.state_dict(), straight.method.state_dict())
+    assert _equal(resumed.optimizer.state_dict(), straight.optimizer.state_dict())
+
+
+SWAV = ["train.method=swav", "augment.view_size=16", "model.widen_factor=0.125", "model.proj_hidden=32",
+        "model.proj_dim=16", "train.batch_size=2", "augment.local_views=2", "augment.local_size=8",
+        "train.swav_prototypes=5", "train.swav_queue_size=4", "train.swav_freeze_prototypes=4"]
+
+
+def test_swav_with_multicrop_continued_from_a_checkpoint_is_bit_identical(tmp_path):
+    """SwAV's own state: the queue (full after 2 steps), the step count that ends the freezing
+    of the prototypes (after 4 steps, across the checkpoint at 3), the prototypes."""
+    straight = _state(seed=0, args=SWAV)
+    _train(straight, 3, local=2)
+    save_atomic(straight.state_dict(), tmp_path / "last.pt")
+    ckpt = load_checkpoint(tmp_path / "last.pt")["method"]
+    assert int(ckpt["queue_filled"]) == 4 and int(ckpt["steps_done"]) == 3
+    _train(straight, 3, local=2)
+
+    resumed = _state(seed=5, args=SWAV)
+    resumed.load_state_dict(load_checkpoint(tmp_path / "last.pt"))
+    _train(resumed, 3, local=2)
+    assert resumed.losses == straight.losses and len(set(resumed.losses)) == 6
     assert _equal(resumed.method.state_dict(), straight.method.state_dict())
     assert _equal(resumed.optimizer.state_dict(), straight.optimizer.state_dict())
 

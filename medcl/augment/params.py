@@ -17,6 +17,11 @@ in its centre (enlarged ventricles in atrophy), so a view must keep most of the 
 Intensity changes (gamma, contrast, bias field, noise, blur) are the nuisances of MRI that
 a diagnosis must ignore; they never remove a structure.
 
+Multi-crop (``augment.local_views``, off by default): small local views besides the two global
+ones, drawn after them from the same generator (:func:`sample_views`); each local crop lies inside
+the foreground box, holds at least ``min_foreground`` tissue and lies at least ``min_overlap``
+inside a global crop (:func:`sample_locals`).
+
 Optional (off by default, and then no random number is drawn for them, so the views of a
 config that does not ask for them are unchanged): a shear (``augment.shear``), and the k-space
 artefacts of MRI acquisition, Gibbs ringing (``augment.gibbs_prob``) and a spike
@@ -75,13 +80,22 @@ def foreground_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(lo, dtype=np.int64), np.array(hi, dtype=np.int64)
 
 
-def crop_iou(a: ViewParams, b: ViewParams) -> float:
-    """Intersection over union of two crop boxes."""
+def _intersection(a: ViewParams, b: ViewParams) -> float:
+    """Voxels in both crop boxes."""
     a0, a1 = np.array(a.crop_start), np.array(a.crop_start) + a.crop_size
     b0, b1 = np.array(b.crop_start), np.array(b.crop_start) + b.crop_size
-    inter = np.prod(np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0, None))
-    union = np.prod(a.crop_size) + np.prod(b.crop_size) - inter
-    return float(inter / union)
+    return float(np.prod(np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0, None)))
+
+
+def crop_iou(a: ViewParams, b: ViewParams) -> float:
+    """Intersection over union of two crop boxes."""
+    inter = _intersection(a, b)
+    return float(inter / (np.prod(a.crop_size) + np.prod(b.crop_size) - inter))
+
+
+def crop_cover(inner: ViewParams, outer: ViewParams) -> float:
+    """Fraction of ``inner``'s crop box that lies inside ``outer``'s."""
+    return float(_intersection(inner, outer) / np.prod(inner.crop_size))
 
 
 def union_box(views: Sequence[ViewParams]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -102,15 +116,16 @@ def foreground_fraction(mask: np.ndarray, p: ViewParams) -> float:
 
 
 def _sample_crop(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray,
-                 cfg: AugmentConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    s = rng.uniform(*cfg.crop_scale)
+                 scale: tuple[float, float]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    s = rng.uniform(*scale)
     extent = hi - lo
     size = np.maximum(np.round(extent * s).astype(int), 4)
     start = lo + np.array([rng.integers(0, e - n + 1) for e, n in zip(extent, size)])
     return tuple(int(v) for v in start), tuple(int(v) for v in size)
 
 
-def _sample_rest(rng: np.random.Generator, cfg: AugmentConfig) -> dict:
+def _sample_rest(rng: np.random.Generator, cfg: AugmentConfig, view_size: int | None = None) -> dict:
+    """Everything but the crop, for a view of ``view_size`` (default ``cfg.view_size``)."""
     rot = np.deg2rad(cfg.rotate_deg)
     return {
         "rotate": tuple(float(v) for v in rng.uniform(-rot, rot, 3)),
@@ -122,11 +137,11 @@ def _sample_rest(rng: np.random.Generator, cfg: AugmentConfig) -> dict:
         "noise_std": float(rng.uniform(*cfg.noise_std)),
         "noise_seed": int(rng.integers(0, 2**31 - 1)),
         "blur_sigma": float(rng.uniform(*cfg.blur_sigma)) if rng.random() < cfg.blur_prob else 0.0,
-        **_sample_optional(rng, cfg),
+        **_sample_optional(rng, cfg, view_size or cfg.view_size),
     }
 
 
-def _sample_optional(rng: np.random.Generator, cfg: AugmentConfig) -> dict:
+def _sample_optional(rng: np.random.Generator, cfg: AugmentConfig, view_size: int) -> dict:
     """Shear and k-space artefacts; draws nothing from ``rng`` for what the config leaves off."""
     out: dict = {}
     if cfg.shear > 0:
@@ -134,7 +149,7 @@ def _sample_optional(rng: np.random.Generator, cfg: AugmentConfig) -> dict:
     if cfg.gibbs_prob > 0 and rng.random() < cfg.gibbs_prob:
         out["gibbs_alpha"] = float(rng.uniform(*cfg.gibbs_alpha))
     if cfg.spike_prob > 0 and rng.random() < cfg.spike_prob:
-        out.update(sample_spike(rng, cfg.view_size, cfg.spike_amplitude))
+        out.update(sample_spike(rng, view_size, cfg.spike_amplitude))
     return out
 
 
@@ -164,7 +179,7 @@ def sample_pair(rng: np.random.Generator, mask: np.ndarray, cfg: AugmentConfig) 
     """
     lo, hi = foreground_box(mask)
     for _ in range(cfg.max_tries):
-        crops = [_sample_crop(rng, lo, hi, cfg) for _ in range(2)]
+        crops = [_sample_crop(rng, lo, hi, cfg.crop_scale) for _ in range(2)]
         views = [ViewParams(start, size, **_sample_rest(rng, cfg)) for start, size in crops]
         if crop_iou(*views) < cfg.min_overlap:
             continue
@@ -172,6 +187,44 @@ def sample_pair(rng: np.random.Generator, mask: np.ndarray, cfg: AugmentConfig) 
             return views[0], views[1]
     full = (tuple(int(v) for v in lo), tuple(int(v) for v in hi - lo))
     return tuple(ViewParams(*full, **_sample_rest(rng, cfg)) for _ in range(2))  # type: ignore[return-value]
+
+
+def sample_locals(rng: np.random.Generator, mask: np.ndarray, cfg: AugmentConfig,
+                  global_views: Sequence[ViewParams]) -> tuple[ViewParams, ...]:
+    """``cfg.local_views`` local views (multi-crop), resampled to ``cfg.local_size``.
+
+    A local crop uses one scale in ``cfg.local_scale`` for the three axes of the foreground box
+    and lies inside that box; at least ``cfg.min_foreground`` of it is tissue and at least
+    ``cfg.min_overlap`` of it lies inside one of the global crops, so a local view shows a part
+    of the anatomy that a global view shows. Rejection sampling as :func:`sample_pair`; a view
+    that finds no crop in ``cfg.max_tries`` falls back to the crop of the middle scale centred in
+    the first global crop (inside it, hence overlapping it fully).
+    """
+    lo, hi = foreground_box(mask)
+    return tuple(_sample_local(rng, mask, lo, hi, cfg, global_views) for _ in range(cfg.local_views))
+
+
+def _sample_local(rng: np.random.Generator, mask: np.ndarray, lo: np.ndarray, hi: np.ndarray, cfg: AugmentConfig,
+                  global_views: Sequence[ViewParams]) -> ViewParams:
+    for _ in range(cfg.max_tries):
+        start, size = _sample_crop(rng, lo, hi, cfg.local_scale)
+        view = ViewParams(start, size, **_sample_rest(rng, cfg, cfg.local_size))
+        if (max(crop_cover(view, g) for g in global_views) >= cfg.min_overlap
+                and foreground_fraction(mask, view) >= cfg.min_foreground):
+            return view
+    g = global_views[0]
+    size = np.minimum(np.maximum(np.round((hi - lo) * sum(cfg.local_scale) / 2).astype(int), 4), g.crop_size)
+    start = np.array(g.crop_start) + (np.array(g.crop_size) - size) // 2
+    return ViewParams(tuple(int(v) for v in start), tuple(int(v) for v in size),
+                      **_sample_rest(rng, cfg, cfg.local_size))
+
+
+def sample_views(rng: np.random.Generator, mask: np.ndarray, cfg: AugmentConfig) -> tuple[ViewParams, ...]:
+    """Every view of one scan: the two global views of :func:`sample_pair`, then the
+    ``cfg.local_views`` local views of :func:`sample_locals`, from the one generator (drawn
+    after the pair's, so with ``local_views = 0`` the views are exactly :func:`sample_pair`'s)."""
+    pair = sample_pair(rng, mask, cfg)
+    return pair + sample_locals(rng, mask, cfg, pair)
 
 
 def identity_view(mask: np.ndarray) -> ViewParams:

@@ -18,6 +18,7 @@ and a new loss must be wrapped too (tests/test_losses_fp32.py checks every name 
 | :func:`triplet_margin` | Weinberger & Saul 2009; FaceNet 2015 | triplets by label |
 | :func:`contrastive_margin` | Hadsell et al. 2006 | pairs by label |
 | :func:`n_pair` | Sohn 2016 | negatives |
+| :func:`swav` (:func:`sinkhorn`) | SwAV, Caron et al. 2020 | codes: Sinkhorn-Knopp over the batch (sums all-reduced) |
 """
 
 from medcl.losses.barlow_twins import barlow_twins
@@ -27,8 +28,9 @@ from medcl.losses.info_nce import info_nce
 from medcl.losses.npair import n_pair
 from medcl.losses.nt_xent import nt_xent
 from medcl.losses.supcon import supcon
+from medcl.losses.swav import sinkhorn, swav
 from medcl.losses.triplet import triplet_margin
 from medcl.losses.vicreg import vicreg
 
 __all__ = ["barlow_twins", "contrastive_margin", "info_nce", "n_pair", "normalized_regression", "nt_xent",
-           "supcon", "triplet_margin", "vicreg"]
+           "sinkhorn", "supcon", "swav", "triplet_margin", "vicreg"]

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medcl import tracking
-from medcl.augment import eval_view, make_pair
+from medcl.augment import eval_view, make_views
 from medcl.config import Config, config_to_dict
 from medcl.data.cohort import Cohort
 from medcl.data.demo import make_demo_sources
@@ -48,15 +48,17 @@ SEED_EVAL_ALLOWANCE_S = 10.0
 
 
 def montage_samples(cohort: Cohort, cfg: Config, seed: int = 0) -> list[MontageSample]:
-    """One scan per class: its evaluation view and a random training pair."""
+    """One scan per class: its evaluation view, a random training pair and its local views
+    (multi-crop, when ``augment.local_views`` > 0)."""
     out = []
     rng = np.random.default_rng(seed)
     for label in sorted(set(cohort.labels.tolist())):
         i = int(np.flatnonzero(cohort.labels == label)[0])
         img, mask = cohort.image(i), cohort.mask(i)
-        v1, v2, _ = make_pair(img, mask, rng, cfg.augment)
+        v1, v2, local, _ = make_views(img, mask, rng, cfg.augment)
         whole = eval_view(img, mask, cfg.augment.view_size)
-        out.append(MontageSample(label, whole[0].numpy(), v1[0].numpy(), v2[0].numpy()))
+        out.append(MontageSample(label, whole[0].numpy(), v1[0].numpy(), v2[0].numpy(),
+                                 [] if local is None else [v[0].numpy() for v in local]))
     return out
 
 

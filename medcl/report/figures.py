@@ -196,10 +196,17 @@ def _mid(vol: np.ndarray) -> np.ndarray:
 
 
 def montage_figure(samples: list) -> str:
-    """Mid-axial slices: the whole-brain evaluation view and the two random views."""
-    fig, axes = plt.subplots(len(samples), 3, figsize=(6.5, 2.2 * len(samples)), squeeze=False)
+    """Mid-axial slices: the whole-brain evaluation view, the two random views and any local
+    views of multi-crop (drawn at their own, smaller, size)."""
+    cols = 3 + max(len(getattr(s, "local", [])) for s in samples)
+    fig, axes = plt.subplots(len(samples), cols, figsize=(2.2 * cols, 2.2 * len(samples)), squeeze=False)
     for row, s in zip(axes, samples):
-        for ax, vol, name in zip(row, (s.whole, s.view1, s.view2), ("whole", "view 1", "view 2")):
+        local = list(getattr(s, "local", []))
+        vols = [s.whole, s.view1, s.view2] + local
+        names = ["whole", "view 1", "view 2"] + [f"local {j + 1}" for j in range(len(local))]
+        for ax in row[len(vols):]:
+            ax.axis("off")
+        for ax, vol, name in zip(row, vols, names):
             ax.imshow(np.rot90(_mid(vol)), cmap="gray")
             ax.set_title(f"{s.label}: {name}", fontsize=8)
             ax.axis("off")

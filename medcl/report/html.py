@@ -36,6 +36,7 @@ class MontageSample:
     whole: np.ndarray      # (S, S, S) evaluation view, or its mid-axial (S, S) slice
     view1: np.ndarray
     view2: np.ndarray
+    local: list = field(default_factory=list)   # multi-crop's local views (s, s, s) or (s, s); none without it
 
 
 @dataclass
@@ -295,7 +296,8 @@ def render_report(data: ReportData, path: Path) -> Path:
     if data.montage:
         sections.append(_section("montage", "Augmentation pairs",
                                  "<p>Mid-axial slices of the whole-foreground view that evaluation embeds and of two "
-                                 "random training views (what contrastive pretraining compares).</p>"
+                                 "random training views (what contrastive pretraining compares), then of the small "
+                                 "local views of multi-crop when the run used them (augment.local_views).</p>"
                                  f"<img alt='augmentation montage' src='{fig.montage_figure(data.montage)}'>"))
     sections += [_sensitivity(data), _budget(data) if data.budget else ""]
     if data.losses:
@@ -330,6 +332,8 @@ def save_report_data(data: ReportData, folder: Path) -> Path:
     for i, s in enumerate(data.montage):
         for part in ("whole", "view1", "view2"):
             arrays[f"{i}_{part}"] = fig._mid(getattr(s, part)).astype(np.float32)
+        for j, vol in enumerate(s.local):
+            arrays[f"{i}_local{j}"] = fig._mid(vol).astype(np.float32)
     with open(folder / ARRAYS_FILE, "wb") as fh:
         np.savez_compressed(fh, labels=np.asarray([s.label for s in data.montage], dtype=str), **arrays)
     return folder
@@ -360,5 +364,6 @@ def load_report_data(folder: Path) -> ReportData:
     if (folder / ARRAYS_FILE).exists():
         with np.load(folder / ARRAYS_FILE, allow_pickle=False) as z:
             for i, lab in enumerate(z["labels"].tolist()):
-                montage.append(MontageSample(lab, z[f"{i}_whole"], z[f"{i}_view1"], z[f"{i}_view2"]))
+                local = [z[f"{i}_local{j}"] for j in range(len(z.files)) if f"{i}_local{j}" in z.files]
+                montage.append(MontageSample(lab, z[f"{i}_whole"], z[f"{i}_view1"], z[f"{i}_view2"], local))
     return ReportData(**{k: v for k, v in plain.items() if k in known}, montage=montage)

@@ -13,6 +13,7 @@ module adds only what differs from :class:`~medcl.ssl.base.Method` (encoder + pr
 | byol | byol.py | predictor, momentum target; symmetric normalised regression | no |
 | barlow_twins | barlow_twins.py | Barlow Twins loss on the global batch | no |
 | vicreg | vicreg.py | VICReg loss on the global batch | no |
+| swav | swav.py | prototypes, Sinkhorn-Knopp codes over the global batch, queue; swapped prediction | no |
 | supcon | supcon.py | temperature; supervised contrastive | used if present |
 | triplet | triplet.py | triplet margin over all triplets | used if present |
 | margin | margin.py | contrastive loss with margins on pairs | used if present |
@@ -22,6 +23,10 @@ Label policy (supcon, triplet, margin, npair): the two views of a scan always sh
 label; a scan without a label (empty in the manifest, ``-1`` in the batch) is a class of its
 own, so its only positive is its other view. With no labels at all these methods are
 instance discrimination.
+
+Multi-crop (``augment.local_views > 0``): a method with ``uses_local_views`` gets the local
+views as ``forward(..., local=)`` (swav as in its paper; simclr and byol as documented in their
+modules); medcl.validate refuses local views for the others.
 
 Each method checks its own settings (:meth:`~medcl.ssl.base.Method.checks`); medcl.validate runs
 the checks of the method the config selects.
@@ -39,6 +44,7 @@ from medcl.ssl.moco import MoCo
 from medcl.ssl.npair import NPair
 from medcl.ssl.simclr import SimCLR
 from medcl.ssl.supcon import SupCon
+from medcl.ssl.swav import SwAV
 from medcl.ssl.triplet import Triplet
 from medcl.ssl.vicreg import VICReg
 
@@ -48,6 +54,7 @@ METHODS: dict[str, Callable[..., Method]] = {
     "byol": BYOL,
     "barlow_twins": BarlowTwins,
     "vicreg": VICReg,
+    "swav": SwAV,
     "supcon": SupCon,
     "triplet": Triplet,
     "margin": Margin,

@@ -82,6 +82,7 @@ class Method(nn.Module):
     """Encoder + projection head. Subclasses add what differs and implement :meth:`forward`."""
 
     needs_labels = False          # the method uses labels when the cohort has them
+    uses_local_views = False      # the method uses multi-crop's local views (augment.local_views > 0)
 
     @classmethod
     def checks(cls, t: TrainConfig) -> list[tuple[bool, str, str]]:
@@ -99,8 +100,20 @@ class Method(nn.Module):
         """Projections of the two views, through one encoder pass (batch norm sees both)."""
         return self.projector(self.encoder(torch.cat([v1, v2]))).chunk(2)
 
-    def forward(self, v1: torch.Tensor, v2: torch.Tensor, labels: torch.Tensor | None = None) -> StepOutput:
-        """The step's loss; every registered method defines it (medcl/ssl/<method>.py)."""
+    def project_views(self, v1: torch.Tensor, v2: torch.Tensor,
+                      local: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Projections of the two global views, then of each local view (``local``: (N, L, 1, s,
+        s, s), multi-crop): one encoder pass per view size, one projector pass for all views
+        (its batch norm sees every view, as in SwAV's code). Without local views: :meth:`project`."""
+        if local is None:
+            return list(self.project(v1, v2))
+        h = torch.cat([self.encoder(torch.cat([v1, v2])), self.encoder(local.transpose(0, 1).flatten(0, 1))])
+        return list(self.projector(h).chunk(2 + local.shape[1]))
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor, labels: torch.Tensor | None = None,
+                local: torch.Tensor | None = None) -> StepOutput:
+        """The step's loss; every registered method defines it (medcl/ssl/<method>.py).
+        ``local``: the local views (multi-crop), given only to methods with ``uses_local_views``."""
         raise NotImplementedError(f"{type(self).__name__} defines no forward(): not a registered method")
 
     def on_step_end(self, step: int, total: int) -> dict[str, float]:

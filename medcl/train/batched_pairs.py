@@ -12,7 +12,7 @@ and, when streaming, each scan's crop region); the main process applies it with
 
 Workers never hold the cohort. They do the cheap per-scan work: read the mask's bytes
 (memory-mapped, or the arrays already in memory, read only), draw the view parameters with
-:func:`medcl.augment.params.sample_pair` (the same generator per ``(seed, epoch, scan)`` as the
+:func:`medcl.augment.params.sample_views` (the pair and any local views; the same generator per ``(seed, epoch, scan)`` as the
 MONAI path, so both backends draw the same parameters), and in ``stream`` mode read the crops.
 
 Workers are threads by default (``train.worker_kind: thread``): that work is a few milliseconds
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from medcl.augment.batched import apply_pairs
-from medcl.augment.params import ViewParams, sample_pair, union_box
+from medcl.augment.batched import apply_pairs, apply_views
+from medcl.augment.params import ViewParams, sample_views, union_box
 from medcl.config import AugmentConfig
 from medcl.data.cohort import Cohort
 from medcl.train.pairs import Batch, PairSource
@@ -48,10 +48,11 @@ Request = tuple[int, Sequence[int]]   # (epoch, scan indices): one batch asked o
 
 @dataclass
 class BatchParams:
-    """One batch's view parameters, as a worker returns them: scan indices, their view pairs
-    and, when streaming, the region of each scan that holds both crops (and where it starts)."""
+    """One batch's view parameters, as a worker returns them: scan indices, their views (the
+    pair, then any local views of multi-crop) and, when streaming, the region of each scan that
+    holds every crop (and where it starts)."""
     indices: list[int]
-    pairs: list[tuple[ViewParams, ViewParams]]
+    pairs: list[tuple[ViewParams, ...]]
     regions: list[torch.Tensor] | None = None
     origins: list[tuple[int, ...]] | None = None
 
@@ -66,7 +67,7 @@ class ParamDrawer(Dataset):
 
     Reads only bytes: the masks (``masks`` given: the parent's arrays, shared by fork and only
     read; else memory-mapped from ``mask_files``) and, when ``image_files`` is given (stream),
-    the region of each image that the two crops need.
+    the region of each image that the crops need.
     """
 
     def __init__(self, cfg: AugmentConfig, seed: int, masks: Sequence[np.ndarray] | None = None,
@@ -84,7 +85,7 @@ class ParamDrawer(Dataset):
 
     def __getitem__(self, request: Request) -> BatchParams:
         epoch, indices = request
-        pairs = [sample_pair(np.random.default_rng([self.seed, epoch, i]), self.mask(i), self.cfg) for i in indices]
+        pairs = [sample_views(np.random.default_rng([self.seed, epoch, i]), self.mask(i), self.cfg) for i in indices]
         out = BatchParams(list(indices), pairs)
         if self.image_files is not None:
             out.regions, out.origins = [], []
@@ -212,15 +213,21 @@ class BatchedPairs(PairSource):
 
     def batches(self, shards: Sequence[Sequence[int]], epoch: int) -> Iterator[Batch]:
         self._requests.requests = [(epoch, list(b)) for b in shards]
-        s = self.cfg.view_size
+        s, n_local = self.cfg.view_size, self.cfg.local_views
         for params in self._param_loader():
             if params.regions is not None:
                 sources, origins = params.regions, params.origins
             else:
                 sources, origins = [self.store.volumes[i] for i in params.indices], None
-            v1, v2 = apply_pairs(sources, params.pairs, s, self.device, origins, self.memory_format)
+            v1, v2 = apply_pairs(sources, [p[:2] for p in params.pairs], s, self.device, origins, self.memory_format)
             self.history = params
-            yield v1, v2, self.labels[params.indices].to(self.device, non_blocking=True)
+            y = self.labels[params.indices].to(self.device, non_blocking=True)
+            if not n_local:
+                yield v1, v2, y
+                continue
+            local = apply_views(sources, [p[2:] for p in params.pairs], self.cfg.local_size, self.device, origins,
+                                self.memory_format)
+            yield v1, v2, y, local.unflatten(0, (len(params.pairs), n_local))
 
     def close(self) -> None:
         """Stop the loader workers (they also stop with the process)."""

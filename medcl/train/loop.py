@@ -164,10 +164,12 @@ def _rank_batches(source: PairSource, n_scans: int, plan: Plan, seed: int, epoch
                   info: dist.DistInfo, dtype: torch.dtype,
                   memory_format: torch.memory_format = torch.contiguous_format) -> Iterator[Batch]:
     """This rank's shard of each global batch of ``epoch`` from batch ``start`` on, views as
-    ``dtype`` in ``memory_format`` (a no-op when the source made them so)."""
+    ``dtype``, the pair's in ``memory_format`` (a no-op when the source made them so; the local
+    views of multi-crop, ``(B, n_local, C, D, H, W)``, stay as they are: the method flattens them)."""
     shards = rank_shards(epoch_batches(n_scans, plan.global_batch, seed, epoch), info.rank, info.world)
-    for v1, v2, y in source.batches(shards[start:], epoch):
-        yield v1.to(dtype, memory_format=memory_format), v2.to(dtype, memory_format=memory_format), y
+    for v1, v2, y, *local in source.batches(shards[start:], epoch):
+        yield (v1.to(dtype, memory_format=memory_format), v2.to(dtype, memory_format=memory_format), y,
+               *(x.to(dtype) for x in local))
 
 
 def _fetch_due(state: TrainState, t: TrainConfig) -> bool:

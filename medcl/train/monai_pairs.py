@@ -10,14 +10,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from medcl.augment import make_pair
+from medcl.augment import make_views
 from medcl.config import AugmentConfig
 from medcl.data.cohort import Cohort
 from medcl.train.pairs import Batch, PairSource, load_scans
 
 
 class ScanPairs(Dataset):
-    """Scan ``i`` -> (view1, view2, label id), the views of (seed, epoch, i) reproducible.
+    """Scan ``i`` -> (view1, view2, label id[, local views]), the views of (seed, epoch, i)
+    reproducible; the local views (L, 1, s, s, s) only with ``cfg.local_views > 0``.
 
     Holds the scans in memory (float16, see :func:`medcl.train.pairs.load_scans`); ``epoch`` is
     set before each epoch's loader starts (its worker processes copy the dataset then).
@@ -35,10 +36,10 @@ class ScanPairs(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple:
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        v1, v2, _ = make_pair(self.images[i], self.masks[i], rng, self.cfg)
-        return v1, v2, self.labels[i]
+        v1, v2, local, _ = make_views(self.images[i], self.masks[i], rng, self.cfg)
+        return (v1, v2, self.labels[i]) if local is None else (v1, v2, self.labels[i], local)
 
 
 class MonaiPairs(PairSource):
@@ -54,5 +55,5 @@ class MonaiPairs(PairSource):
         loader = DataLoader(self.dataset, batch_sampler=shards, num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda",
                             generator=torch.Generator().manual_seed(self.dataset.seed * 100_003 + epoch))
-        for v1, v2, y in loader:
-            yield v1.to(self.device, non_blocking=True), v2.to(self.device, non_blocking=True), y.to(self.device)
+        for batch in loader:
+            yield tuple(x.to(self.device, non_blocking=True) for x in batch)

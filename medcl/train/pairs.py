@@ -12,7 +12,7 @@ training device. Two implementations, chosen once from ``augment.backend`` by
   batch's views made together on the training device.
 
 Both draw the views of scan ``i`` in epoch ``e`` from ``numpy.random.default_rng([seed, e, i])``
-(:func:`medcl.augment.params.sample_pair`), so a view depends on (seed, epoch, scan) only: not on
+(:func:`medcl.augment.params.sample_views`: the pair, then any local views), so a view depends on (seed, epoch, scan) only: not on
 the backend, the number of workers, the number of ranks, or where a run was resumed.
 """
 
@@ -26,7 +26,7 @@ import torch
 
 from medcl.data.cohort import Cohort
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]   # (view1, view2, label ids), on the device
+Batch = tuple[torch.Tensor, ...]   # (view1, view2, label ids[, local views]), on the device
 
 
 class PairSource(ABC):
@@ -35,7 +35,9 @@ class PairSource(ABC):
     @abstractmethod
     def batches(self, shards: Sequence[Sequence[int]], epoch: int) -> Iterator[Batch]:
         """One ``(view1, view2, labels)`` per entry of ``shards`` (scan indices), in that order:
-        views (B, 1, S, S, S) float32 and label ids (B,) int64 (-1: unlabelled) on the device."""
+        views (B, 1, S, S, S) float32 and label ids (B,) int64 (-1: unlabelled) on the device;
+        with multi-crop (``augment.local_views`` = L > 0) a fourth entry, the local views
+        (B, L, 1, s, s, s) at ``augment.local_size``."""
 
     def close(self) -> None:
         """Stop the loader workers (they also stop with the process)."""

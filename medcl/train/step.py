@@ -54,10 +54,9 @@ def train_step(model: nn.Module, state: TrainState, batch: Batch, precision: Pre
     through ``model`` (the method, or its DDP wrapper); this rank's scalars of the step, on the
     device, with the ``health/*`` metrics of the global batch when ``health`` (every rank must
     agree: they gather). Does not advance ``state``'s position: the loop does."""
-    v1, v2, y = batch
     method, opt, sched, scaler = state.method, state.optimizer, state.scheduler, state.scaler
     with torch.autocast(device.type, dtype=precision.autocast_dtype, enabled=precision.autocast):
-        out = model(v1, v2, y)
+        out = model(*batch)       # (view1, view2, labels[, local views])
     opt.zero_grad(set_to_none=True)
     scaler.scale(out.loss).backward()
     scaler.step(opt)
