@@ -40,6 +40,11 @@ def _bf16_exact(*shape, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).bfloat16().float()
 
 
+def _scores(z: torch.Tensor) -> torch.Tensor:
+    """Cosine-like prototype scores in [-1, 1] that bfloat16 represents exactly."""
+    return torch.nn.functional.normalize(z, dim=1)[:, :8].bfloat16().float()
+
+
 def _cases():
     z1, z2, z = _bf16_exact(12, 16, seed=0), _bf16_exact(12, 16, seed=1), _bf16_exact(12, 16, seed=2)
     queue = _bf16_exact(20, 16, seed=3)
@@ -54,6 +59,8 @@ def _cases():
         "triplet_margin": (medcl.losses.triplet_margin, (z, labels, 0.2)),
         "contrastive_margin": (medcl.losses.contrastive_margin, (z, labels, 0.1, 0.9)),
         "n_pair": (medcl.losses.n_pair, (z1, z2, labels, 0.002)),
+        "swav": (medcl.losses.swav, ([_scores(x) for x in (z1, z2, z)], 0.1)),
+        "sinkhorn": (medcl.losses.sinkhorn, (_scores(z1),)),
     }
 
 
@@ -77,7 +84,7 @@ def test_every_loss_is_wrapped_in_fp32():
 def test_loss_and_logits_under_bf16_autocast_equal_fp32(name):
     loss, args = _cases()[name]
     _, ref = _watched(loss, args)
-    half = tuple(a.bfloat16() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+    half = tuple(_map_tensors(a, lambda t: t.bfloat16() if t.is_floating_point() else t) for a in args)
     for inputs in (args, half):                 # fp32 inputs, and the bf16 a bf16 network would give
         with torch.autocast("cpu", dtype=torch.bfloat16):
             _, ours = _watched(loss, inputs)
@@ -111,10 +118,19 @@ def _record_losses(module, monkeypatch) -> list:
     return calls
 
 
+def _map_tensors(x, fn):
+    """``fn`` of a tensor, or of each tensor of a list or tuple (SwAV's per-view scores)."""
+    if isinstance(x, (list, tuple)):
+        return type(x)(_map_tensors(v, fn) for v in x)
+    return fn(x) if torch.is_tensor(x) else x
+
+
+def _tensors(args) -> list:
+    return [t for a in args for t in (a if isinstance(a, (list, tuple)) else [a]) if torch.is_tensor(t)]
+
+
 def _fp32_copy(x):
-    if torch.is_tensor(x):
-        return x.detach().float() if x.is_floating_point() else x
-    return x
+    return _map_tensors(x, lambda t: t.detach().float() if t.is_floating_point() else t)
 
 
 @pytest.mark.parametrize("method_name", sorted(METHODS))
@@ -129,7 +145,7 @@ def test_every_method_loss_under_bf16_autocast_equals_fp32(method_name, monkeypa
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = method(v1, v2, torch.tensor([0, 1, 0, 1]))
     assert calls, f"{method_name} computed no loss of medcl.losses"
-    assert any(v.dtype == torch.bfloat16 for _, _, args, _, _ in calls for v in args if torch.is_tensor(v)), \
+    assert any(v.dtype == torch.bfloat16 for _, _, args, _, _ in calls for v in _tensors(args)), \
         "the embeddings were not bf16: the test would not test autocast"
     assert out.loss.dtype == torch.float32
     for name, fn, args, kwargs, value in calls:

@@ -47,7 +47,23 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
 
 
 def _upcast_arg(x):
+    """A tensor argument upcast (:func:`upcast`), and each tensor of a list or tuple of them (SwAV's
+    per-view scores, its queue)."""
+    if isinstance(x, (list, tuple)):
+        return type(x)(_upcast_arg(v) for v in x)
     return upcast(x) if torch.is_tensor(x) else x
+
+
+def _device_type(args) -> str:
+    """The device type of the first tensor among ``args`` (looking into lists and tuples); cpu if none."""
+    for a in args:
+        if torch.is_tensor(a):
+            return a.device.type
+        if isinstance(a, (list, tuple)):
+            found = _device_type([v for v in a if v is not None])
+            if found != "none":
+                return found
+    return "none"
 
 
 def fp32(loss):
@@ -60,8 +76,8 @@ def fp32(loss):
     check that every loss of the package has it)."""
     @functools.wraps(loss)
     def wrapper(*args, **kwargs):
-        device = next((a.device.type for a in args if torch.is_tensor(a)), "cpu")
-        with torch.autocast(device, enabled=False):
+        device = _device_type(args)
+        with torch.autocast("cpu" if device == "none" else device, enabled=False):
             return loss(*map(_upcast_arg, args), **{k: _upcast_arg(v) for k, v in kwargs.items()})
     wrapper.fp32_loss = True
     return wrapper

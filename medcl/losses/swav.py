@@ -47,6 +47,7 @@ def _same(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+@_checks.fp32
 @torch.no_grad()
 def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3,
              all_reduce: Reduce | None = None) -> torch.Tensor:
@@ -65,6 +66,7 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3,
     return (q * n).t()
 
 
+@_checks.fp32
 def swav(scores: Sequence[torch.Tensor], temperature: float | torch.Tensor = 0.1, epsilon: float = 0.05,
          iterations: int = 3, n_global: int = 2, queue: Sequence[torch.Tensor | None] | None = None,
          all_reduce: Reduce | None = None) -> torch.Tensor:
