@@ -22,7 +22,7 @@ from medcl.report.browser import browser_check, find_browser, html_to_pdf, scree
 from medcl.report.content import build_report_data, model_card
 
 SECTIONS = ["summary", "cohort", "method", "curves", "metrics", "confusion", "roc", "reliability", "embeddings",
-            "montage", "sensitivity", "budget", "training", "model-card", "notes", "config"]
+            "montage", "sensitivity", "budget", "label-curve", "training", "model-card", "notes", "config"]
 SUBJECTS = np.array([f"subj-{i:04d}x" for i in range(24)])
 TINY = ["fewshot.shots=[1,3]", "fewshot.n_episodes=100", "fewshot.logreg_episodes=10", "fewshot.scratch_episodes=3",
         "fewshot.scratch_steps=5", "fewshot.n_boot=200", "fewshot.budget_random=30", "fewshot.n_query=2"]
@@ -81,7 +81,7 @@ def test_every_section_is_there_with_content(report):
 def test_images_are_embedded_pngs_and_nothing_is_fetched(report):
     html = report.read_text()
     srcs = re.findall(r"src='([^']*)'", html)
-    assert len(srcs) == 11       # 5 curves + confusion, ROC, reliability, t-SNE map, montage, loss
+    assert len(srcs) == 12       # 5 curves + confusion, ROC, reliability, t-SNE map, montage, label curve, loss
     import matplotlib.image as mpimg
 
     for src in srcs:
@@ -109,7 +109,7 @@ def test_saved_data_renders_the_same_report(report, report_data, tmp_path):
 def test_a_section_without_data_is_left_out_not_left_empty(report_data, tmp_path):
     import dataclasses
 
-    bare = dataclasses.replace(report_data, budget={}, embeddings={}, losses=[], montage=[], notes=[], rocs={},
+    bare = dataclasses.replace(report_data, budget={}, label_curve={}, embeddings={}, losses=[], montage=[], notes=[], rocs={},
                                reliability={}, scratch={}, ceiling={}, paired=[], model_card={}, method=[])
     save_report_data(bare, tmp_path / "bare" / "report_data")         # as `medcl fewshot` leaves it
     assert main(["report", str(tmp_path / "bare"), "--no-pdf"]) == 0     # `medcl report DIR`
@@ -123,7 +123,7 @@ def test_a_section_without_data_is_left_out_not_left_empty(report_data, tmp_path
 def test_chromium_renders_every_image_and_no_empty_section(report, tmp_path):
     check = browser_check(report)
     assert [s["id"] for s in check["sections"]] == SECTIONS
-    assert len(check["images"]) == 11 and check["broken"] == [], check["broken"]
+    assert len(check["images"]) == 12 and check["broken"] == [], check["broken"]
     assert all(i["w"] > 50 and i["h"] > 50 for i in check["images"])
     assert check["empty_sections"] == [] and check["external"] == []
     assert all(s["height"] > 30 for s in check["sections"])

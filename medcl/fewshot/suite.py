@@ -11,6 +11,7 @@ scans' means and standard deviations (:func:`radiomics_baseline`).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from contextlib import contextmanager
@@ -25,7 +26,9 @@ from medcl.config import Config, FewShotConfig, config_to_dict, flatten
 from medcl.data.cohort import Cohort
 from medcl.fewshot.baselines import SOURCE_LABELS, linear_probe, pca_features, scratch_predictions
 from medcl.fewshot.budget import evaluate_budget
+from medcl.fewshot.curve import learning_curve
 from medcl.fewshot.embed import cohort_views, embed_cohort, embed_views, tsne_map
+from medcl.fewshot.episodes import max_shots
 from medcl.fewshot.evaluate import EvalSpec, run_heads
 from medcl.fewshot.heads import LinearHead, deployable
 from medcl.fewshot.radiomics import cache_path, cohort_radiomics, kept_columns, standardise
@@ -59,6 +62,7 @@ class FewShotOutput:
     ceiling: dict = field(default_factory=dict)       # source -> metrics of the linear probe on all labels
     paired: list = field(default_factory=list)
     budget: dict = field(default_factory=dict)
+    curve: dict = field(default_factory=dict)         # head -> learning_curve() of the pretrained features
     embeddings: dict = field(default_factory=dict)
     rocs: dict = field(default_factory=dict)
     reliability: dict = field(default_factory=dict)
@@ -178,6 +182,9 @@ def evaluate_features(cfg: Config, features: dict, labels, subjects, views: torc
         with _timed(timings, "budget"):
             out.budget = evaluate_budget(features["pretrained"], labels, subjects, [int(s) for s in shots],
                                          f.budget_method, f.budget_random, f.seed)
+    if f.curve_shots and "pretrained" in features:
+        with _timed(timings, "curve"):
+            out.curve = _curves(f, out, batches)
     if f.embedding_map == "tsne":
         with _timed(timings, "tsne"):
             for name, feats in features.items():
@@ -189,6 +196,24 @@ def evaluate_features(cfg: Config, features: dict, labels, subjects, views: torc
 
 def _n_subjects(out: FewShotOutput) -> int:
     return len(np.unique(out.subjects))
+
+
+def _curves(f: FewShotConfig, out: FewShotOutput, batches: dict) -> dict:
+    """The learning curve of each of ``curve_heads`` (those evaluated) on the pretrained
+    features, over ``curve_shots`` and the evaluated K (K that leave no query subject skipped);
+    the K not evaluated yet are scored here on episodes of the same seed."""
+    heads = tuple(h for h in f.curve_heads if h in f.heads)
+    limit = max_shots(out.labels, out.subjects)
+    missing = sorted({k for k in f.curve_shots if k <= limit} - {int(k) for k in batches})
+    preds = {h: dict(out.predictions["pretrained"][h]) for h in heads}
+    if heads and missing:
+        spec = dataclasses.replace(eval_spec(f), shots=missing, heads=heads, n_boot=0)
+        _, more, _ = run_heads({"pretrained": out.features["pretrained"]}, out.labels, out.subjects, spec)
+        for h in heads:
+            preds[h].update(more["pretrained"][h])
+    curves = {h: learning_curve(preds[h], f.curve_targets, "balanced_accuracy", f.curve_boot, f.seed,
+                                _n_subjects(out)) for h in heads}
+    return {h: {**c, "head": h, "source": "pretrained"} for h, c in curves.items() if c}
 
 
 def _scratch(f: FewShotConfig, out: FewShotOutput, views: torch.Tensor, batches: dict, shots: list[str],
@@ -289,6 +314,10 @@ def log_to_mlflow(cfg: Config, fs: FewShotOutput) -> None:
     for p in fs.paired:
         tracking.log_metrics({f"paired.{p['a']}_minus_{p['b']}.{p['head']}.balanced_accuracy": p["difference"]},
                              int(p["shots"]))
+    for h, c in fs.curve.items():
+        for t in c.get("targets", []):
+            if t["labels_per_class"] is not None:
+                tracking.log_metrics({f"curve.{h}.labels_per_class_for_{t['target']:g}": t["labels_per_class"]})
     for k, r in fs.budget.items():
         tracking.log_metrics({"budget.suggested.balanced_accuracy": r["suggested"],
                               "budget.random.balanced_accuracy": r["random_mean"]}, int(k))

@@ -237,6 +237,7 @@ def _summary(cfg: Config, cohort: Cohort, res, fs, pre, paths: dict) -> dict:
         "fewshot_ceiling": fs.ceiling,
         "fewshot_paired": fs.paired,
         "label_budget": fs.budget,
+        "label_curve": fs.curve,
         "report": {"html": str(paths["html"]), "pdf": str(paths["pdf"]) if paths["pdf"] else None},
         "pretrain": {"steps": pre.result.steps, "seconds": round(pre.result.seconds, 1),
                      "final_loss": pre.result.losses[-1]},

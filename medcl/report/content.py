@@ -111,7 +111,7 @@ def build_report_data(cfg: Config, fs: FewShotOutput, title: str, cohort_counts:
                       montage=list(montage or []), banner=banner, notes=list(notes or []), method=method_lines(cfg, fs),
                       ceiling=fs.ceiling, scratch=fs.scratch, paired=fs.paired, rocs=fs.rocs, reliability=fs.reliability,
                       embeddings=fs.embeddings, budget={k: {**v} for k, v in fs.budget.items()},
-                      model_card=model_card or {},
+                      label_curve=fs.curve, model_card=model_card or {},
                       interval=f"subject bootstrap, {cfg.fewshot.n_boot} replicates")
 
 
