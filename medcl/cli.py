@@ -110,17 +110,31 @@ def _cmd_predict(args) -> int:
     except Exception as exc:  # MLflow raises many types: one line naming the URI
         print(f"medcl: {args.model}: cannot load the model ({_one_line(exc)})", file=sys.stderr)
         return 2
+    if args.coverage is not None and not 0 < args.coverage < 1:
+        print(f"medcl: --coverage must be in (0, 1), got {args.coverage}", file=sys.stderr)
+        return 2
     failed = 0
+    params = {"coverage": args.coverage} if args.coverage is not None else None
     for scan in args.scans:
         try:
-            row = model.predict([scan]).iloc[0]
+            row = model.predict([scan], params=params).iloc[0]
         except Exception as exc:  # one bad scan must not stop the others
             print(f"{scan}: error: {_one_line(exc)}", file=sys.stderr)
             failed += 1
             continue
-        probs = {k: round(float(v), 4) for k, v in row.items() if k != "label"}
-        print(json.dumps({"scan": scan, "label": row["label"], "probabilities": probs}))
+        print(json.dumps(_prediction_line(scan, row)))
     return 1 if failed else 0
+
+
+def _prediction_line(scan: str, row) -> dict:
+    """One scan's answer: label, probabilities, and the prediction set when the model gives one."""
+    extra = ("label", "prediction_set", "coverage")
+    line = {"scan": scan, "label": row["label"],
+            "probabilities": {k: round(float(v), 4) for k, v in row.items() if k not in extra}}
+    if "prediction_set" in row:
+        line["prediction_set"] = [c for c in str(row["prediction_set"]).split("|") if c]
+        line["coverage"] = float(row["coverage"])
+    return line
 
 
 def _one_line(exc: BaseException) -> str:
@@ -282,6 +296,8 @@ def _model_commands(sub) -> None:
     r.add_argument("--model", required=True, help="model URI, e.g. models:/medcl-fewshot@champion")
     _uri_option(r, "the model is read from")
     r.add_argument("scans", nargs="+", help="NIfTI files or DICOM folders (one series each)")
+    r.add_argument("--coverage", type=float, help="coverage of the prediction set printed beside the probabilities "
+                                                   "(default 0.9; models registered with calibration scans)")
     _common(r, config=False)
     r.set_defaults(fn=_cmd_predict)
 

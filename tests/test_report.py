@@ -21,7 +21,8 @@ from medcl.report import DEMO_BANNER, MontageSample, load_report_data, render_re
 from medcl.report.browser import browser_check, find_browser, html_to_pdf, screenshot
 from medcl.report.content import build_report_data, model_card
 
-SECTIONS = ["summary", "cohort", "method", "curves", "metrics", "confusion", "roc", "reliability", "embeddings",
+SECTIONS = ["summary", "cohort", "method", "curves", "metrics", "confusion", "roc", "reliability", "calibration",
+            "embeddings",
             "montage", "sensitivity", "budget", "label-curve", "training", "model-card", "notes", "config"]
 SUBJECTS = np.array([f"subj-{i:04d}x" for i in range(24)])
 TINY = ["fewshot.shots=[1,3]", "fewshot.n_episodes=100", "fewshot.logreg_episodes=10", "fewshot.scratch_episodes=3",
@@ -109,7 +110,7 @@ def test_saved_data_renders_the_same_report(report, report_data, tmp_path):
 def test_a_section_without_data_is_left_out_not_left_empty(report_data, tmp_path):
     import dataclasses
 
-    bare = dataclasses.replace(report_data, budget={}, label_curve={}, embeddings={}, losses=[], montage=[], notes=[], rocs={},
+    bare = dataclasses.replace(report_data, budget={}, label_curve={}, calibration={}, conformal={}, embeddings={}, losses=[], montage=[], notes=[], rocs={},
                                reliability={}, scratch={}, ceiling={}, paired=[], model_card={}, method=[])
     save_report_data(bare, tmp_path / "bare" / "report_data")         # as `medcl fewshot` leaves it
     assert main(["report", str(tmp_path / "bare"), "--no-pdf"]) == 0     # `medcl report DIR`

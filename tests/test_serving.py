@@ -86,6 +86,27 @@ def test_served_model_answers_paths_dicom_and_arrays_over_http(served, registere
     _check(invoke(url, json.loads((example / "serving_input_example.json").read_text())), 1)
 
 
+def test_served_probabilities_are_calibrated_and_come_with_a_prediction_set(served, registered_models, tmp_path):
+    import nibabel as nib
+
+    from medcl.fewshot.ops import softmax
+    from medcl.serving.inference import embed_inputs
+
+    url, _ = served
+    nifti = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(head_volume(seed=5), np.diag([4.0, 4.0, 4.0, 1.0])), str(nifti))
+    default = invoke(url, {"inputs": [str(nifti)]})[0]
+    wide = invoke(url, {"inputs": [str(nifti)], "params": {"coverage": 0.999}})[0]
+    head = registered_models["head"]
+    feats = embed_inputs(registered_models["encoder"], [str(nifti)], registered_models["meta"])
+    expected = softmax(head.decision_function(feats) / 2.0)[0]               # temperature 2, as registered
+    assert np.allclose([default[c] for c in CLASSES], expected, atol=1e-5)
+    assert not np.allclose(expected, softmax(head.decision_function(feats))[0], atol=1e-3)
+    assert default["coverage"] == 0.9 and wide["coverage"] == 0.999
+    small, large = set(default["prediction_set"].split("|")) - {""}, set(wide["prediction_set"].split("|"))
+    assert small <= large and large == set(CLASSES)   # 30 calibration scans: 99.9% needs every class
+
+
 def test_a_bad_request_is_an_error_response_not_a_crash(served):
     url, _ = served
     req = urllib.request.Request(f"{url}/invocations", data=json.dumps({"inputs": ["/no/such/scan.nii.gz"]}).encode(),

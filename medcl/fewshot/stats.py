@@ -41,7 +41,7 @@ import numpy as np
 from medcl.fewshot.metrics import mean_ci95
 
 __all__ = ["EpisodePredictions", "episode_metrics", "summarise", "paired_difference", "roc_points",
-           "reliability_bins", "bootstrap_replicates", "SCALAR_METRICS"]
+           "reliability_bins", "bootstrap_replicates", "subject_bootstrap_mean", "SCALAR_METRICS"]
 
 SCALAR_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "brier", "ece")
 N_BINS = 10
@@ -223,6 +223,22 @@ def bootstrap_replicates(p: EpisodePredictions, metric: str, n_boot: int, seed: 
     S = _n_subjects(p, n_subjects)
     W = _boot_weights(S, n_boot, seed) if n_boot > 0 else np.ones((1, S))
     return _scores(_prepared(p, S), W)[metric]
+
+
+def subject_bootstrap_mean(values, subject, mask, n_boot: int, seed: int = 0,
+                           n_subjects: int | None = None) -> tuple[float, list]:
+    """Mean of ``values`` over the ``mask``-ed predictions (any shape; ``subject`` alike) and its
+    95% subject-bootstrap interval (the same subject draws as every other metric of ``seed``)."""
+    m = np.asarray(mask, bool)
+    s, v = np.asarray(subject)[m], np.asarray(values, float)[m]
+    S = int(n_subjects if n_subjects is not None else s.max() + 1)
+    num, den = np.bincount(s, weights=v, minlength=S), np.bincount(s, minlength=S).astype(float)
+    point = float(num.sum() / den.sum())
+    if n_boot <= 0:
+        return point, [point, point]
+    W = _boot_weights(S, n_boot, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return point, _ci((W @ num) / (W @ den))
 
 
 def _ci(values: np.ndarray) -> list:

@@ -22,7 +22,7 @@ import numpy as np
 
 from medcl.report import figures as fig
 from medcl.report.blocks import esc, fmt as _fmt, section as _section, table as _table
-from medcl.report.trust import curve_section
+from medcl.report.trust import calibration_section, curve_section
 from medcl.report.figures import HEAD_LABELS, METRIC_LABELS, SOURCE_LABELS, label
 
 DEMO_BANNER = ("Demo data: simulated pathology on real anatomy (MNI ICBM152 2009 template). "
@@ -60,6 +60,9 @@ class ReportData:
     embeddings: dict = field(default_factory=dict)         # source -> {"xy", "labels", "method"}
     budget: dict = field(default_factory=dict)             # fewshot.budget.evaluate_budget() + "method"
     label_curve: dict = field(default_factory=dict)        # head -> fewshot.curve.learning_curve()
+    calibration: dict = field(default_factory=dict)        # K -> ECE before/after (fewshot.suite._calibration)
+    conformal: dict = field(default_factory=dict)          # K -> fewshot.conformal.set_summary()
+    deployed: dict = field(default_factory=dict)           # fewshot.conformal.head_report() of the registered head
     model_card: dict = field(default_factory=dict)         # intended_use, data, model, evaluation, limitations
     interval: str = ""                                     # which interval the report shows
 
@@ -271,6 +274,8 @@ def render_report(data: ReportData, path: Path) -> Path:
     sections = [_summary(data), _cohort(data) if data.cohort else "", _method(data) if data.method else "",
                 _curves(data) if data.curves else "", _metrics(data) if data.curves else "", _confusion(data),
                 _roc(data) if data.rocs else "", _reliability(data) if data.reliability else "",
+                calibration_section(data.calibration, data.conformal, data.deployed)
+                if data.calibration or data.conformal else "",
                 _embeddings(data) if data.embeddings else ""]
     if data.montage:
         sections.append(_section("montage", "Augmentation pairs",

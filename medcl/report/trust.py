@@ -10,7 +10,7 @@ from medcl.fewshot.curve import predict_power_law
 from medcl.report.blocks import esc, fmt, section, table
 from medcl.report.figures import HEAD_LABELS, label, png
 
-__all__ = ["curve_section", "curve_figure", "labels_text", "EXTRAPOLATION_LIMIT"]
+__all__ = ["curve_section", "curve_figure", "labels_text", "EXTRAPOLATION_LIMIT", "calibration_section"]
 
 EXTRAPOLATION_LIMIT = 5   # a curve is not trusted beyond this many times the largest K measured
 
@@ -86,3 +86,48 @@ def curve_section(curves: dict) -> str:
                  "'within' says whether the measured value falls in the prediction's 95% interval.</p>"
                  + table(["head", "K held out", "measured", "predicted [95% CI]", "within"], checks))
     return section("label-curve", "How many labels it needs", body)
+
+
+def _deployed(d: dict) -> str:
+    """The registered model on the evaluation scans: ECE before and after, its sets."""
+    rows = [[name, fmt(d[name]["ece"], d[name]["ece_ci95"]), fmt(d[name]["brier"], d[name]["brier_ci95"])]
+            for name in ("before", "after")]
+    text = (f"<h3>The registered model</h3><p>Its head (temperature {d['temperature']:.2f}, fitted on its own "
+            f"support) on the {d['n_scans']} evaluation scans, which none of its support or calibration subjects "
+            "hold:</p>" + table(["", "ECE", "Brier"], rows))
+    if "sets" in d:
+        s = d["sets"]
+        text += (f"<p>Its prediction sets at coverage {s['target']:g} (from {d['n_calibration']} calibration scans, "
+                 f"{'class-conditional' if s['class_conditional'] else 'marginal'}): empirical coverage "
+                 f"{fmt(s['coverage'], s['coverage_ci95'])}, mean set size "
+                 f"{fmt(s['mean_set_size'], s['mean_set_size_ci95'])}.</p>")
+    return text
+
+
+def calibration_section(calibration: dict, conformal: dict, deployed: dict) -> str:
+    """How sure it is: ECE and Brier before and after temperature scaling per K, coverage and
+    mean set size of the conformal sets per K (the same episodes), the registered model."""
+    shots = sorted(set(calibration) | set(conformal), key=int)
+    head = next(iter({**calibration, **conformal}.values()))["head"] if shots else ""
+    rows = []
+    for k in shots:
+        c, s = calibration.get(k), conformal.get(k)
+        row = [k]
+        row += ([fmt(c["before"]["ece"], c["before"]["ece_ci95"]), fmt(c["after"]["ece"], c["after"]["ece_ci95"]),
+                 f"{c['temperature'][1]:.2f} <span class='ci'>[{c['temperature'][0]:.2f}, {c['temperature'][2]:.2f}]"
+                 "</span>"] if c else ["–"] * 3)
+        row += ([fmt(s["coverage"], s["coverage_ci95"]), f"{s['target']:g}", "yes" if s["target_met"] else "<b>no</b>",
+                 fmt(s["mean_set_size"], s["set_size_ci95"]), f"{s['class_conditional_fraction']:.2f}"] if s
+                else ["–"] * 5)
+        rows.append(row)
+    method = next((c["method"] for c in calibration.values() if not c["method"].startswith("none")), "")
+    body = (f"<p>The pretrained encoder's {esc(label(head, HEAD_LABELS))} head on the same episodes as above. "
+            f"Calibration: {esc(method)}; at K = 1 no fold keeps every class, so nothing is fitted. Prediction sets: "
+            "split conformal (score 1 − p(true class), calibrated probabilities) from each episode's calibration "
+            "scans, one per subject in neither its support nor its queries; class-conditional when every class has "
+            "enough of them. Intervals: subject bootstrap.</p>"
+            + table(["K", "ECE before", "ECE after", "temperature (median [2.5%, 97.5%])", "coverage",
+                     "target", "target reached", "mean set size", "class-conditional episodes"], rows))
+    if deployed:
+        body += _deployed(deployed)
+    return section("calibration", "How sure it is", body)
