@@ -20,6 +20,7 @@ from medcl.pipelines.pretrain import run_pretrain  # noqa: E402
 from medcl.report import load_report_data  # noqa: E402
 from medcl.report.content import seed_spread_lines  # noqa: E402
 from medcl.report.files import write_report  # noqa: E402
+from medcl.serving.explain import explain_scan, saliency_name  # noqa: E402
 from medcl.serving.registry import promote  # noqa: E402
 from medcl.train.checkpoint import CheckpointError  # noqa: E402
 from medcl.validate import load_checked  # noqa: E402
@@ -115,14 +116,18 @@ def _cmd_predict(args) -> int:
         return 2
     failed = 0
     params = {"coverage": args.coverage} if args.coverage is not None else None
-    for scan in args.scans:
+    for i, scan in enumerate(args.scans):
         try:
-            row = model.predict([scan], params=params).iloc[0]
+            line = _prediction_line(scan, model.predict([scan], params=params).iloc[0])
+            if args.explain:
+                inner = model.unwrap_python_model()
+                line["explanation"] = explain_scan(inner.encoder, inner.head, inner.meta, scan,
+                                                   Path(args.explain) / saliency_name(i, scan), args.explain_method)
         except Exception as exc:  # one bad scan must not stop the others
             print(f"{scan}: error: {_one_line(exc)}", file=sys.stderr)
             failed += 1
             continue
-        print(json.dumps(_prediction_line(scan, row)))
+        print(json.dumps(line))
     return 1 if failed else 0
 
 
@@ -296,6 +301,10 @@ def _model_commands(sub) -> None:
     r.add_argument("--model", required=True, help="model URI, e.g. models:/medcl-fewshot@champion")
     _uri_option(r, "the model is read from")
     r.add_argument("scans", nargs="+", help="NIfTI files or DICOM folders (one series each)")
+    r.add_argument("--explain", metavar="OUT", help="also write a saliency NIfTI per scan (the predicted class's score, "
+                                                     "on the scan's own grid) into folder OUT")
+    r.add_argument("--explain-method", choices=("occlusion", "gradcam"), default="occlusion",
+                   help="MONAI occlusion sensitivity (fine, slower) or Grad-CAM on the encoder's last stage (coarse)")
     r.add_argument("--coverage", type=float, help="coverage of the prediction set printed beside the probabilities "
                                                    "(default 0.9; models registered with calibration scans)")
     _common(r, config=False)
