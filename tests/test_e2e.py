@@ -24,7 +24,7 @@ TINY = ["demo.n_subjects=18", "data.spacing=6.0", "augment.view_size=16", "model
         "fewshot.scratch_episodes=3", "fewshot.scratch_steps=5", "fewshot.budget_random=20",
         "data.register=affine", "data.brain_mask=template"]   # as configs/demo.yaml: registered to MNI
 SECTIONS = ["summary", "cohort", "method", "curves", "metrics", "confusion", "roc", "reliability", "calibration",
-            "embeddings",
+            "saliency", "embeddings",
             "montage", "sensitivity", "budget", "training", "model-card", "notes", "config"]
 
 
@@ -88,7 +88,11 @@ def test_report_is_self_contained_and_says_simulated(demo_out):
     out, _ = demo_out
     html = (out / "report.html").read_text()
     assert "simulated pathology on real anatomy" in html
-    assert html.count("src='data:image/png;base64,") == 11  # 5 metric curves, confusion, ROC, reliability, map, montage, loss
+    saliency = re.search(r"<section id='saliency'>(.*?)</section>", html, re.S).group(1)
+    overlays = saliency.count("<img")          # one correct and one wrong scan per class, where there is one
+    assert 3 <= overlays <= 6 and "Where the model looks" in saliency and "ventricles" in saliency
+    # 5 metric curves, confusion, ROC, reliability, saliency overlays, map, montage, loss
+    assert html.count("src='data:image/png;base64,") == 11 + overlays
     assert "http://" not in html and "https://" not in html
     assert re.findall(r"<section id='([^']+)'>", html) == SECTIONS
     for source in ("pretrained encoder", "random-init encoder", "raw voxels (PCA)", "radiomics (IBSI, MIRP)",
@@ -103,7 +107,9 @@ def test_demo_report_passes_the_browser_check_and_has_its_pdf(demo_out):
     out, summary = demo_out
     check = browser_check(out / "report.html")
     assert [s["id"] for s in check["sections"]] == SECTIONS
-    assert check["broken"] == [] and check["empty_sections"] == [] and len(check["images"]) == 11
+    overlays = sum(1 for i in check["images"] if i["alt"].startswith("saliency"))
+    assert overlays >= 3 and check["broken"] == [] and check["empty_sections"] == []
+    assert len(check["images"]) == 11 + overlays
     assert summary["report"]["pdf"] and (out / "report.pdf").read_bytes().startswith(b"%PDF-")
 
 

@@ -29,10 +29,13 @@ from monai.visualize import GradCAM, OcclusionSensitivity
 from scipy import ndimage
 from torch import nn
 
+from medcl.augment import eval_view
 from medcl.augment.params import identity_view
+from medcl.data.demo import load_template
+from medcl.data.register import template_grid
 
 __all__ = ["METHODS", "ClassScores", "view_saliency", "view_to_image", "image_to_scan", "region_means",
-           "concentration"]
+           "concentration", "template_regions", "explain_examples"]
 
 METHODS = ("occlusion", "gradcam")
 
@@ -124,3 +127,50 @@ def concentration(saliency: np.ndarray, mask: np.ndarray, within: np.ndarray | N
     base = np.array(base)
     return {"inside": inside, "baseline_mean": float(base.mean()), "baseline_95": float(np.percentile(base, 95)),
             "fraction_above": float(np.mean(inside > base))}
+
+
+def template_regions(image_shape: tuple, spacing: float, crop_margin: int) -> dict:
+    """Regions of the MNI template (ventricles, white matter, cortex, other brain) on the grid of
+    a scan registered to it and masked with its brain (``data.register`` + ``brain_mask:
+    template``: the scan is the template grid cropped to the brain's box plus ``crop_margin``)."""
+    grid, tpl = template_grid(spacing), load_template(spacing)
+    idx = np.argwhere(grid.brain)
+    lo = np.maximum(idx.min(0) - crop_margin, 0)
+    box = tuple(slice(int(a), int(a) + int(n)) for a, n in zip(lo, image_shape))
+    brain = grid.brain[box]
+    if brain.shape != tuple(image_shape) or tpl.gm.shape != grid.brain.shape:
+        raise ValueError(f"template regions: the scan grid {tuple(image_shape)} is not the template's crop")
+    ven = tpl.ventricles[box] & brain
+    wm, gm = (tpl.wm[box] > 0.5) & brain & ~ven, (tpl.gm[box] > 0.5) & brain & ~ven
+    return {"ventricles": ven, "white matter": wm, "cortex": gm, "other brain": brain & ~(ven | wm | gm)}
+
+
+def explain_examples(encoder, head, cohort, features, view_size: int, per_class: int = 1, method: str = "gradcam",
+                     regions: dict | None = None, seed: int = 0) -> list[dict]:
+    """Up to ``per_class`` correctly and ``per_class`` wrongly classified scans of each class
+    (by the head on ``features``, the cohort's embeddings): the saliency of the predicted class's
+    score on the preprocessed image, the image, and the mean saliency per region (``regions``:
+    boolean masks on the image grid) relative to the brain's (or image's) mean."""
+    labels = np.asarray(cohort.labels).astype(str)
+    pred = np.asarray(head.predict(features)).astype(str)
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in sorted(set(labels)):
+        for correct in (True, False):
+            rows = np.flatnonzero((labels == c) & ((pred == c) == correct))
+            for i in rng.permutation(rows)[:per_class]:
+                image, mask = cohort.image(int(i)), cohort.mask(int(i))
+                k = int(np.flatnonzero(np.asarray(head.classes_).astype(str) == pred[i])[0])
+                sal = view_to_image(view_saliency(encoder, head, eval_view(image, mask, view_size), k, method), mask)
+                out.append({"label": c, "predicted": str(pred[i]), "correct": correct, "image": image,
+                            "saliency": sal, "regions": _relative(sal, mask, regions)})
+    return out
+
+
+def _relative(sal: np.ndarray, mask: np.ndarray, regions: dict | None) -> dict:
+    """Mean saliency per region divided by the mean inside ``mask`` (1: no preference); ``None``
+    for every region when the map is zero inside the mask (Grad-CAM found no positive evidence)."""
+    if not regions:
+        return {}
+    ref = float(np.abs(sal[mask]).mean())
+    return {k: (None if v is None or ref == 0 else v / ref) for k, v in region_means(sal, regions).items()}

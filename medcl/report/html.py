@@ -22,7 +22,7 @@ import numpy as np
 
 from medcl.report import figures as fig
 from medcl.report.blocks import esc, fmt as _fmt, section as _section, table as _table
-from medcl.report.trust import calibration_section, curve_section
+from medcl.report.trust import calibration_section, curve_section, saliency_section
 from medcl.report.figures import HEAD_LABELS, METRIC_LABELS, SOURCE_LABELS, label
 
 DEMO_BANNER = ("Demo data: simulated pathology on real anatomy (MNI ICBM152 2009 template). "
@@ -63,6 +63,7 @@ class ReportData:
     calibration: dict = field(default_factory=dict)        # K -> ECE before/after (fewshot.suite._calibration)
     conformal: dict = field(default_factory=dict)          # K -> fewshot.conformal.set_summary()
     deployed: dict = field(default_factory=dict)           # fewshot.conformal.head_report() of the registered head
+    saliency: dict = field(default_factory=dict)           # report.trust.saliency_block()
     model_card: dict = field(default_factory=dict)         # intended_use, data, model, evaluation, limitations
     interval: str = ""                                     # which interval the report shows
 
@@ -276,6 +277,7 @@ def render_report(data: ReportData, path: Path) -> Path:
                 _roc(data) if data.rocs else "", _reliability(data) if data.reliability else "",
                 calibration_section(data.calibration, data.conformal, data.deployed)
                 if data.calibration or data.conformal else "",
+                saliency_section(data.saliency) if data.saliency.get("examples") else "",
                 _embeddings(data) if data.embeddings else ""]
     if data.montage:
         sections.append(_section("montage", "Augmentation pairs",

@@ -10,7 +10,8 @@ from medcl.fewshot.curve import predict_power_law
 from medcl.report.blocks import esc, fmt, section, table
 from medcl.report.figures import HEAD_LABELS, label, png
 
-__all__ = ["curve_section", "curve_figure", "labels_text", "EXTRAPOLATION_LIMIT", "calibration_section"]
+__all__ = ["curve_section", "curve_figure", "labels_text", "EXTRAPOLATION_LIMIT", "calibration_section",
+           "saliency_figure", "saliency_block", "saliency_section"]
 
 EXTRAPOLATION_LIMIT = 5   # a curve is not trusted beyond this many times the largest K measured
 
@@ -131,3 +132,56 @@ def calibration_section(calibration: dict, conformal: dict, deployed: dict) -> s
     if deployed:
         body += _deployed(deployed)
     return section("calibration", "How sure it is", body)
+
+
+def saliency_figure(image: np.ndarray, saliency: np.ndarray) -> str:
+    """Axial, coronal and sagittal slices through the saliency peak, the map (its positive
+    part) over the image."""
+    pos = np.clip(saliency, 0, None)
+    x, y, z = np.unravel_index(int(np.argmax(pos)), pos.shape) if pos.max() > 0 else [n // 2 for n in pos.shape]
+    cuts = [("axial", image[:, :, z], pos[:, :, z]), ("coronal", image[:, y, :], pos[:, y, :]),
+            ("sagittal", image[x, :, :], pos[x, :, :])]
+    fig, axes = plt.subplots(1, 3, figsize=(6.6, 2.4))
+    top = pos.max() or 1.0
+    for ax, (name, im, s) in zip(axes, cuts):
+        ax.imshow(im.T, cmap="gray", origin="lower")
+        ax.imshow(np.ma.masked_less_equal(s.T, 0.05 * top), cmap="hot", origin="lower", alpha=0.55, vmin=0, vmax=top)
+        ax.set_title(name, fontsize=7)
+        ax.axis("off")
+    fig.tight_layout()
+    return png(fig)
+
+
+def saliency_block(examples: list, method: str) -> dict:
+    """The report's saliency data: one overlay figure and the regions per example, and per
+    class the mean over its examples of each region's relative saliency."""
+    shown = [{"label": e["label"], "predicted": e["predicted"], "correct": e["correct"], "regions": e["regions"],
+              "figure": saliency_figure(e["image"], e["saliency"])} for e in examples]
+    summary: dict = {}
+    for e in examples:
+        for r, v in e["regions"].items():
+            if v is not None:
+                summary.setdefault(e["label"], {}).setdefault(r, []).append(v)
+    return {"method": method, "examples": shown,
+            "summary": {c: {r: float(np.mean(v)) for r, v in by.items()} for c, by in summary.items()}}
+
+
+def saliency_section(data: dict) -> str:
+    """Where the model looks: overlays per example, the mean relative saliency per region."""
+    figs = "".join(f"<figure><img alt='saliency, true {esc(e['label'])}, predicted {esc(e['predicted'])}' "
+                   f"src='{e['figure']}'><figcaption>true {esc(e['label'])}, predicted {esc(e['predicted'])} "
+                   f"({'correct' if e['correct'] else 'wrong'})</figcaption></figure>" for e in data["examples"])
+    regions = sorted({r for by in data["summary"].values() for r in by})
+    rows = [[esc(c)] + [fmt(by.get(r)) for r in regions] for c, by in sorted(data["summary"].items())]
+    body = (f"<p>Saliency ({esc(data['method'])}, <code>monai.visualize</code>) of the registered head's score for "
+            "the class it predicted, on evaluation scans it classified correctly and wrongly, per class. "
+            "<code>medcl predict --explain OUT</code> writes the same maps as NIfTI files on each scan's own grid.</p>"
+            + figs)
+    if rows:
+        body += ("<h3>Where the model looks</h3><p>Mean saliency in each region of the MNI template, divided by the "
+                 "mean over the brain (1: no preference), averaged over the examples of each true class.</p>"
+                 + table(["true class"] + [esc(r) for r in regions], rows))
+        tops = [f"{c}: {max(by, key=by.get)} ({max(by.values()):.2f})" for c, by in sorted(data["summary"].items())]
+        body += ("<p>" + esc("Region with the most saliency, per class: " + "; ".join(tops)) + ". A value near 1 "
+                 "everywhere means the map does not single out any region.</p>")
+    return section("saliency", "Where it looked", body)
