@@ -4,6 +4,7 @@ scans, and where its saliency falls (template regions; lesion-class saliency in 
 atrophy-class saliency at the ventricles against the same masks shifted at random).
 
     .venv/bin/python bench/trust.py --demo out/demo [--config configs/demo.yaml] [--per-class 3] [--method occlusion]
+        [KEY=VALUE ...]      # config overrides, e.g. fewshot.curve_shots=1,2,3,5,10,20
 
 Reads ``OUT/cohort``, ``OUT/features.npz`` (the evaluation scans' pretrained features) and
 ``OUT/pretrain/encoder.pt``; refits the registered head exactly as the demo does
@@ -66,8 +67,9 @@ def main() -> int:
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--per-class", type=int, default=3)
     ap.add_argument("--method", choices=("gradcam", "occlusion"), help="saliency method (default: the config's)")
+    ap.add_argument("overrides", nargs="*", help="config overrides KEY=VALUE")
     a = ap.parse_args()
-    cfg = load_checked(a.config)
+    cfg = load_checked(a.config, a.overrides)
     if a.method:
         cfg = dataclasses.replace(cfg, fewshot=dataclasses.replace(cfg.fewshot, saliency=a.method))
     z = np.load(a.demo / "features.npz", allow_pickle=False)
