@@ -21,6 +21,7 @@ from medcl.pipelines.pretrain import run_pretrain  # noqa: E402
 from medcl.report import load_report_data  # noqa: E402
 from medcl.report.content import seed_spread_lines  # noqa: E402
 from medcl.report.files import write_report  # noqa: E402
+from medcl.serving.explain import explain_scan, saliency_name  # noqa: E402
 from medcl.serving.registry import promote  # noqa: E402
 from medcl.serving.scan_input import trusted_paths  # noqa: E402
 from medcl.train.checkpoint import CheckpointError  # noqa: E402
@@ -112,18 +113,36 @@ def _cmd_predict(args) -> int:
     except Exception as exc:  # MLflow raises many types: one line naming the URI
         print(f"medcl: {args.model}: cannot load the model ({_one_line(exc)})", file=sys.stderr)
         return 2
+    if args.coverage is not None and not 0 < args.coverage < 1:
+        print(f"medcl: --coverage must be in (0, 1), got {args.coverage}", file=sys.stderr)
+        return 2
     failed = 0
-    for scan in args.scans:
+    params = {"coverage": args.coverage} if args.coverage is not None else None
+    for i, scan in enumerate(args.scans):
         try:
             with trusted_paths():   # the user's own files, named on the user's command line
-                row = model.predict([scan]).iloc[0]
+                line = _prediction_line(scan, model.predict([scan], params=params).iloc[0])
+            if args.explain:
+                inner = model.unwrap_python_model()
+                line["explanation"] = explain_scan(inner.encoder, inner.head, inner.meta, scan,
+                                                   Path(args.explain) / saliency_name(i, scan), args.explain_method)
         except Exception as exc:  # one bad scan must not stop the others
             print(f"{scan}: error: {_one_line(exc)}", file=sys.stderr)
             failed += 1
             continue
-        probs = {k: round(float(v), 4) for k, v in row.items() if k != "label"}
-        print(json.dumps({"scan": scan, "label": row["label"], "probabilities": probs}))
+        print(json.dumps(line))
     return 1 if failed else 0
+
+
+def _prediction_line(scan: str, row) -> dict:
+    """One scan's answer: label, probabilities, and the prediction set when the model gives one."""
+    extra = ("label", "prediction_set", "coverage")
+    line = {"scan": scan, "label": row["label"],
+            "probabilities": {k: round(float(v), 4) for k, v in row.items() if k not in extra}}
+    if "prediction_set" in row:
+        line["prediction_set"] = [c for c in str(row["prediction_set"]).split("|") if c]
+        line["coverage"] = float(row["coverage"])
+    return line
 
 
 def _one_line(exc: BaseException) -> str:
@@ -289,6 +308,12 @@ def _model_commands(sub) -> None:
     r.add_argument("--model", required=True, help="model URI, e.g. models:/medcl-fewshot@champion")
     _uri_option(r, "the model is read from")
     r.add_argument("scans", nargs="+", help="NIfTI files or DICOM folders (one series each)")
+    r.add_argument("--explain", metavar="OUT", help="also write a saliency NIfTI per scan (the predicted class's score, "
+                                                     "on the scan's own grid) into folder OUT")
+    r.add_argument("--explain-method", choices=("occlusion", "gradcam"), default="occlusion",
+                   help="MONAI occlusion sensitivity (fine, slower) or Grad-CAM on the encoder's last stage (coarse)")
+    r.add_argument("--coverage", type=float, help="coverage of the prediction set printed beside the probabilities "
+                                                   "(default 0.9; models registered with calibration scans)")
     _common(r, config=False)
     r.set_defaults(fn=_cmd_predict)
 

@@ -165,6 +165,19 @@ class FewShotConfig:
     n_boot: int = 1000               # subject-bootstrap replicates for every 95% CI
     budget_method: str = "kmedoids"  # label-budget advice checked in the report: kmedoids | kcenter | none
     budget_random: int = 200         # random supports it is compared with, per K
+    # labels it needs (docs/fewshot.md, "Label-budget curve"): an inverse power law fitted to the
+    # metric at these K (scored on the pretrained features only; () = off), subject bootstrap.
+    # Adding 20 costs ~40 s on the demo (logistic regression's LOSO at K = 20), 5 s without logreg
+    curve_shots: tuple[int, ...] = (1, 2, 3, 5, 10)
+    curve_heads: tuple[str, ...] = ("prototype", "logreg")  # those of fewshot.heads get a curve
+    curve_targets: tuple[float, ...] = (0.8, 0.9)          # balanced accuracies: labels per class needed
+    curve_boot: int = 200            # bootstrap replicates of the curve (one refit each)
+    # how sure it is (docs/fewshot.md, "Calibration and prediction sets")
+    calibration: str = "temperature"  # temperature scaling fitted on the support set by cross-fitting | none
+    conformal_coverage: float = 0.9  # target coverage of the prediction sets (split conformal)
+    # where it looked (docs/fewshot.md, "Saliency"): the demo report's maps of the registered head
+    saliency: str = "gradcam"        # gradcam (encoder's last stage, fast) | occlusion (finer, ~25 s a scan) | none
+    saliency_per_class: int = 1      # correctly and wrongly classified evaluation scans shown per class
     embedding_map: str = "tsne"      # report's map of the embeddings: tsne | none
     pdf: bool = True                 # print report.pdf with headless Chromium (skipped with a warning if absent)
 
@@ -359,6 +372,13 @@ def _fewshot_checks(f: FewShotConfig) -> list[tuple[bool, str, str]]:
         (f.n_boot >= 0, "fewshot.n_boot", "must be >= 0 (0 = no bootstrap intervals)"),
         (f.budget_random >= 1, "fewshot.budget_random", "must be >= 1"),
         (f.embedding_map in ("tsne", "none"), "fewshot.embedding_map", "must be tsne or none"),
+        (all(k >= 1 for k in f.curve_shots), "fewshot.curve_shots", "must be K values >= 1 (empty = no curve)"),
+        (all(0 < t < 1 for t in f.curve_targets), "fewshot.curve_targets", "must be numbers in (0, 1)"),
+        (f.curve_boot >= 10, "fewshot.curve_boot", "must be >= 10"),
+        (f.calibration in ("temperature", "none"), "fewshot.calibration", "must be temperature or none"),
+        (0 < f.conformal_coverage < 1, "fewshot.conformal_coverage", "must be in (0, 1)"),
+        (f.saliency in ("gradcam", "occlusion", "none"), "fewshot.saliency", "must be gradcam, occlusion or none"),
+        (f.saliency_per_class >= 1, "fewshot.saliency_per_class", "must be >= 1"),
     ]
 
 

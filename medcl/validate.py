@@ -48,6 +48,7 @@ def check_names(cfg: Config) -> None:
         (t.worker_kind in WORKER_KINDS, "train.worker_kind", _one_of(WORKER_KINDS)),
         (t.optimizer in OPTIMIZERS, "train.optimizer", _one_of(OPTIMIZERS)),
         (set(f.heads) <= set(HEADS), "fewshot.heads", _among(HEADS)),
+        (set(f.curve_heads) <= set(HEADS), "fewshot.curve_heads", _among(HEADS)),
         (set(f.baselines) <= set(BASELINES), "fewshot.baselines", _among(BASELINES)),
         (set(f.radiomics_families) <= set(RADIOMICS_FAMILIES), "fewshot.radiomics_families",
          _among(RADIOMICS_FAMILIES)),

@@ -167,9 +167,11 @@ def tiny_meta() -> dict:
 
 
 def tiny_encoder_and_head(seed: int = 0, classes=("atrophy", "healthy", "lesion")):
-    """A tiny random-init encoder and a LinearHead fitted on random features (3 classes)."""
+    """A tiny random-init encoder and a LinearHead fitted on random features (3 classes), with a
+    temperature (2) and conformal calibration scores from other random features, as registered."""
     import numpy as np
 
+    from medcl.fewshot.conformal import calibrate_head
     from medcl.fewshot.heads import make_head
     from medcl.models import build_encoder
 
@@ -177,7 +179,12 @@ def tiny_encoder_and_head(seed: int = 0, classes=("atrophy", "healthy", "lesion"
     rng = np.random.default_rng(seed)
     y = np.repeat(np.asarray(classes), 3)
     feats = rng.normal(size=(len(y), enc.feature_dim)) + np.repeat(np.eye(len(classes), enc.feature_dim) * 3, 3, axis=0)
-    return enc, make_head("logreg", C=1.0).fit(feats, y).to_linear()
+    head = make_head("logreg", C=1.0).fit(feats, y).to_linear()
+    head.temperature = 2.0
+    y_cal = np.repeat(np.asarray(classes), 10)
+    calibrate_head(head, rng.normal(size=(len(y_cal), enc.feature_dim)) +
+                   np.repeat(np.eye(len(classes), enc.feature_dim) * 2, 10, axis=0), y_cal)
+    return enc, head
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,8 @@ TINY = ["demo.n_subjects=18", "data.spacing=6.0", "augment.view_size=16", "model
         "fewshot.n_episodes=20", "fewshot.n_query=1", "fewshot.logreg_episodes=10", "fewshot.n_boot=200",
         "fewshot.scratch_episodes=3", "fewshot.scratch_steps=5", "fewshot.budget_random=20",
         "data.register=affine", "data.brain_mask=template"]   # as configs/demo.yaml: registered to MNI
-SECTIONS = ["summary", "cohort", "method", "curves", "metrics", "confusion", "roc", "reliability", "embeddings",
+SECTIONS = ["summary", "cohort", "method", "curves", "metrics", "confusion", "roc", "reliability", "calibration",
+            "saliency", "embeddings",
             "montage", "sensitivity", "budget", "training", "model-card", "notes", "config"]
 
 
@@ -92,6 +93,10 @@ def test_summary_has_the_promised_shape(demo_out, demo_console):
     ml = summary["mlflow"]
     assert ml["tracking_uri"].startswith("sqlite:///") and ml["pretrain_run_id"]
     assert ml["fewshot_model_uri"] == "models:/medcl-fewshot@champion"
+    reg = summary["registered_model"]                        # calibrated, with prediction sets
+    assert reg["n_scans"] == 9 and reg["n_calibration"] == 3 and reg["temperature"] > 0
+    assert {"ece", "ece_ci95"} <= set(reg["before"]) and 0 <= reg["sets"]["coverage"] <= 1
+    assert set(summary["fewshot_calibration"]) == set(summary["fewshot_conformal"]) == {"1", "2"}
 
 
 def test_one_seed_summary_has_the_seeds_block_of_the_unchanged_demo(demo_out):
@@ -113,7 +118,11 @@ def test_report_is_self_contained_and_says_simulated(demo_out):
     out, _ = demo_out
     html = (out / "report.html").read_text()
     assert "simulated pathology on real anatomy" in html
-    assert html.count("src='data:image/png;base64,") == 11  # 5 metric curves, confusion, ROC, reliability, map, montage, loss
+    saliency = re.search(r"<section id='saliency'>(.*?)</section>", html, re.S).group(1)
+    overlays = saliency.count("<img")          # one correct and one wrong scan per class, where there is one
+    assert 3 <= overlays <= 6 and "Where the model looks" in saliency and "ventricles" in saliency
+    # 5 metric curves, confusion, ROC, reliability, saliency overlays, map, montage, loss
+    assert html.count("src='data:image/png;base64,") == 11 + overlays
     assert "http://" not in html and "https://" not in html
     assert re.findall(r"<section id='([^']+)'>", html) == SECTIONS
     for source in ("pretrained encoder", "random-init encoder", "raw voxels (PCA)", "radiomics (IBSI, MIRP)",
@@ -128,7 +137,9 @@ def test_demo_report_passes_the_browser_check_and_has_its_pdf(demo_out):
     out, summary = demo_out
     check = browser_check(out / "report.html")
     assert [s["id"] for s in check["sections"]] == SECTIONS
-    assert check["broken"] == [] and check["empty_sections"] == [] and len(check["images"]) == 11
+    overlays = sum(1 for i in check["images"] if i["alt"].startswith("saliency"))
+    assert overlays >= 3 and check["broken"] == [] and check["empty_sections"] == []
+    assert len(check["images"]) == 11 + overlays
     assert summary["report"]["pdf"] and (out / "report.pdf").read_bytes().startswith(b"%PDF-")
 
 
@@ -166,8 +177,9 @@ def test_fresh_process_loads_registered_model_by_alias(demo_out):
                           capture_output=True, text=True, timeout=300, env=env, cwd=out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = json.loads(proc.stdout.strip().splitlines()[-1])
-    probs = {k: v for k, v in row.items() if k != "label"}
-    assert set(probs) == {"atrophy", "healthy", "lesion"}
+    probs = {k: v for k, v in row.items() if k not in ("label", "prediction_set", "coverage")}
+    assert set(probs) == {"atrophy", "healthy", "lesion"} and row["coverage"] == 0.9
+    assert set(row["prediction_set"].split("|")) <= set(probs)
     assert abs(sum(probs.values()) - 1) < 1e-5
     assert row["label"] == max(probs, key=probs.get)
 
@@ -259,6 +271,7 @@ def test_predict_command_on_a_nifti_file_and_a_dicom_folder(demo_out, tmp_path, 
         assert set(row["probabilities"]) == {"atrophy", "healthy", "lesion"}
         assert abs(sum(row["probabilities"].values()) - 1) < 1e-3
         assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
+        assert row["coverage"] == 0.9 and set(row["prediction_set"]) <= {"atrophy", "healthy", "lesion"}
     # the same scan as NIfTI and as DICOM gives (nearly) the same probabilities
     assert all(abs(rows[0]["probabilities"][c] - rows[1]["probabilities"][c]) < 0.05 for c in rows[0]["probabilities"])
     rc = main(["predict", "--tracking-uri", summary["mlflow"]["tracking_uri"], "--model",

@@ -50,11 +50,13 @@ def test_versions_carry_signature_example_requirements_card_and_lineage(register
             dest = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion", dst_path=str(tmp_path / kind)))
         mlmodel = yaml.safe_load((dest / "MLmodel").read_text())
         sig = mlmodel["signature"]
-        assert json.loads(sig["params"]) == [{"name": "spacing", "type": "double", "default": TINY_META_SPACING,
-                                              "shape": None}]
+        params = [{"name": "spacing", "type": "double", "default": TINY_META_SPACING, "shape": None}]
+        if kind == "fewshot":                                   # a head with calibration scans: its sets
+            params.append({"name": "coverage", "type": "double", "default": 0.9, "shape": None})
+        assert json.loads(sig["params"]) == params
         outputs = [c["name"] for c in json.loads(sig["outputs"])]
         if kind == "fewshot":
-            assert outputs == ["atrophy", "healthy", "lesion", "label"]
+            assert outputs == ["atrophy", "healthy", "lesion", "label", "prediction_set", "coverage"]
         else:
             assert outputs == [f"h{i}" for i in range(128)]
         # the input example is a synthetic volume that runs anywhere, stored with its serving form

@@ -20,9 +20,11 @@ from medcl.fewshot.suite import evaluate_features
 from medcl.report import DEMO_BANNER, MontageSample, load_report_data, render_report, save_report_data
 from medcl.report.browser import browser_check, find_browser, html_to_pdf, screenshot
 from medcl.report.content import build_report_data, model_card
+from medcl.report.trust import saliency_block
 
-SECTIONS = ["summary", "cohort", "method", "curves", "metrics", "confusion", "roc", "reliability", "embeddings",
-            "montage", "sensitivity", "budget", "training", "model-card", "notes", "config"]
+SECTIONS = ["summary", "cohort", "method", "curves", "metrics", "confusion", "roc", "reliability", "calibration",
+            "saliency", "embeddings",
+            "montage", "sensitivity", "budget", "label-curve", "training", "model-card", "notes", "config"]
 SUBJECTS = np.array([f"subj-{i:04d}x" for i in range(24)])
 TINY = ["fewshot.shots=[1,3]", "fewshot.n_episodes=100", "fewshot.logreg_episodes=10", "fewshot.scratch_episodes=3",
         "fewshot.scratch_steps=5", "fewshot.n_boot=200", "fewshot.budget_random=30", "fewshot.n_query=2"]
@@ -43,7 +45,13 @@ def report_data():
     fs = evaluate_features(cfg, feats, labels, SUBJECTS, views, 16)
     montage = [MontageSample(c, rng.random((16, 16, 16)), rng.random((16, 16, 16)), rng.random((16, 16, 16)))
                for c in ("atrophy", "healthy", "lesion")]
+    blob = np.zeros((20, 24, 18))
+    blob[5:9, 10:14, 6:10] = 1.0
+    examples = [{"label": c, "predicted": p, "correct": c == p, "image": rng.random((20, 24, 18)), "saliency": blob,
+                 "regions": {"blob": 3.0 if c == "lesion" else 0.5, "rest": 0.9}}
+                for c, p in (("lesion", "lesion"), ("lesion", "healthy"), ("atrophy", "atrophy"))]
     return build_report_data(cfg, fs, "medcl report test", {"all": fs.counts()}, banner=DEMO_BANNER,
+                             saliency=saliency_block(examples, "gradcam"),
                              losses=list(np.linspace(3, 1, 50)), montage=montage, notes=["a note"],
                              model_card=model_card(cfg, fs, "models:/medcl-encoder@champion", demo=True, deploy_shots=3))
 
@@ -67,6 +75,9 @@ def test_every_section_is_there_with_content(report):
     assert "simulated pathology on real anatomy" in html.lower()
     # one curve figure per metric, every head in each; all baselines and the ceiling in the tables
     assert sections["curves"].count("<img") == 5
+    assert sections["saliency"].count("<img") == 3 and "Where the model looks" in sections["saliency"]
+    assert re.search(r"<td>lesion</td><td>3\.000</td><td>0\.900</td>", sections["saliency"])   # region table
+    assert "ECE before" in sections["calibration"] and "K held out" in sections["label-curve"]
     for name in ("pretrained encoder", "random-init encoder", "raw voxels (PCA)", "radiomics (IBSI, MIRP)",
                  "3D ResNet from scratch", "linear probe on all labels"):
         assert name in sections["summary"], name
@@ -81,7 +92,8 @@ def test_every_section_is_there_with_content(report):
 def test_images_are_embedded_pngs_and_nothing_is_fetched(report):
     html = report.read_text()
     srcs = re.findall(r"src='([^']*)'", html)
-    assert len(srcs) == 11       # 5 curves + confusion, ROC, reliability, t-SNE map, montage, loss
+    assert len(srcs) == 15       # 5 curves + confusion, ROC, reliability, 3 saliency overlays, t-SNE map, montage,
+    #                               label curve, loss
     import matplotlib.image as mpimg
 
     for src in srcs:
@@ -109,7 +121,8 @@ def test_saved_data_renders_the_same_report(report, report_data, tmp_path):
 def test_a_section_without_data_is_left_out_not_left_empty(report_data, tmp_path):
     import dataclasses
 
-    bare = dataclasses.replace(report_data, budget={}, embeddings={}, losses=[], montage=[], notes=[], rocs={},
+    bare = dataclasses.replace(report_data, budget={}, label_curve={}, calibration={}, conformal={}, saliency={},
+                               embeddings={}, losses=[], montage=[], notes=[], rocs={},
                                reliability={}, scratch={}, ceiling={}, paired=[], model_card={}, method=[])
     save_report_data(bare, tmp_path / "bare" / "report_data")         # as `medcl fewshot` leaves it
     assert main(["report", str(tmp_path / "bare"), "--no-pdf"]) == 0     # `medcl report DIR`
@@ -123,7 +136,7 @@ def test_a_section_without_data_is_left_out_not_left_empty(report_data, tmp_path
 def test_chromium_renders_every_image_and_no_empty_section(report, tmp_path):
     check = browser_check(report)
     assert [s["id"] for s in check["sections"]] == SECTIONS
-    assert len(check["images"]) == 11 and check["broken"] == [], check["broken"]
+    assert len(check["images"]) == 15 and check["broken"] == [], check["broken"]
     assert all(i["w"] > 50 and i["h"] > 50 for i in check["images"])
     assert check["empty_sections"] == [] and check["external"] == []
     assert all(s["height"] > 30 for s in check["sections"])

@@ -133,6 +133,28 @@ def test_scan_bytes_paths_under_the_root_and_arrays_give_the_same_probabilities(
     _check(invoke(url, json.loads((example / "serving_input_example.json").read_text())), 1)
 
 
+def test_served_probabilities_are_calibrated_and_come_with_a_prediction_set(served, registered_models, tmp_path):
+    import nibabel as nib
+
+    from medcl.fewshot.ops import softmax
+    from medcl.serving.inference import embed_inputs
+
+    url = served["url"]
+    nifti = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(head_volume(seed=5), np.diag([4.0, 4.0, 4.0, 1.0])), str(nifti))
+    scan = nifti.read_bytes()
+    default = invoke(url, {"inputs": [b64(scan)]})[0]
+    wide = invoke(url, {"inputs": [b64(scan)], "params": {"coverage": 0.999}})[0]
+    head = registered_models["head"]
+    feats = embed_inputs(registered_models["encoder"], [scan], registered_models["meta"])
+    expected = softmax(head.decision_function(feats) / 2.0)[0]               # temperature 2, as registered
+    assert np.allclose([default[c] for c in CLASSES], expected, atol=1e-5)
+    assert not np.allclose(expected, softmax(head.decision_function(feats))[0], atol=1e-3)
+    assert default["coverage"] == 0.9 and wide["coverage"] == 0.999
+    small, large = set(default["prediction_set"].split("|")) - {""}, set(wide["prediction_set"].split("|"))
+    assert small <= large and large == set(CLASSES)   # 30 calibration scans: 99.9% needs every class
+
+
 def _bombs() -> dict[str, bytes]:
     """Small uploads that unpack to more than the 1 MB a request may use; a 0.4 MB scan that
     unpacks to 0.42 MB (twice in one request is too much)."""

@@ -159,5 +159,5 @@ def test_a_model_that_cannot_be_registered_is_saved_locally_and_loads(env, tmp_p
     model = mlflow.pyfunc.load_model(str(saved[0]))
     vol = registry.example_volume(4.0)
     out = model.predict({"scan": [vol]}, params={"spacing": 4.0})
-    assert list(out.columns) == ["atrophy", "healthy", "lesion", "label"]
+    assert list(out.columns) == ["atrophy", "healthy", "lesion", "label", "prediction_set", "coverage"]
     assert abs(out.iloc[0, :3].sum() - 1) < 1e-6

@@ -30,7 +30,7 @@ from medcl.data.register import register
 from medcl.data.sources import LabelTable, ScanSource, discover, read_labels
 
 __all__ = ["IngestError", "IngestResult", "Preprocessed", "ingest", "load_nifti", "preprocess", "preprocess_file",
-           "read_manifest", "write_manifest"]
+           "read_scan", "read_manifest", "write_manifest"]
 
 MANIFEST_FIELDS = ["scan_key", "subject_key", "label", "split", "shape", "spacing", "source_sha256"]
 OPTIONAL_FIELDS = ["kind", "prep_sha256"]   # added later: manifests without them still load
@@ -42,6 +42,8 @@ class Preprocessed:
     mask: np.ndarray    # bool foreground (head, or brain with data.brain_mask=template) mask, same shape
     transform: np.ndarray = field(default_factory=lambda: np.eye(4))  # scan RAS mm -> MNI template RAS mm
     # (data.register); the identity when registration is off
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))     # image voxel -> RAS mm (template RAS mm
+    # when registered): where each voxel of ``image`` lies, so a map on ``image`` goes back to the scan
 
 
 def _reorient_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,26 +98,26 @@ def _resample(data: np.ndarray, affine: np.ndarray, spacing: float) -> tuple[np.
 
 
 def _canonical(data: np.ndarray, affine: np.ndarray, cfg: DataConfig):
-    """(image, mask, transform): RAS, data.spacing, registered to the template when asked
-    (docs/data.md, "Registration to the MNI template"), with its foreground mask."""
+    """(image, mask, transform, affine of the image's grid): RAS, data.spacing, registered to the
+    template when asked (docs/data.md, "Registration to the MNI template"), with its foreground mask."""
     data, affine = _resample(*_reorient_ras(data, affine), cfg.spacing)
     transform, mask = np.eye(4), None
     if cfg.register != "none":
         reg = register(data, affine, cfg.register, cfg.spacing)
-        data, transform = reg.image, reg.transform
+        data, transform, affine = reg.image, reg.transform, reg.grid.affine
         if cfg.brain_mask == "template":
             mask = reg.grid.brain.copy()
     if mask is None:
         mask = _foreground(data, cfg.foreground_threshold)
     if mask.sum() < 64:
         raise IngestError("no foreground found (image is empty or almost constant)")
-    return data, mask, transform
+    return data, mask, transform, affine
 
 
 def preprocess(data: np.ndarray, affine: np.ndarray, cfg: DataConfig) -> Preprocessed:
     """Validate and canonicalise one volume (see the module docstring)."""
     _check_volume(data, affine, cfg)
-    data, mask, transform = _canonical(data, affine, cfg)
+    data, mask, transform, grid_affine = _canonical(data, affine, cfg)
     idx = np.argwhere(mask)
     lo = np.maximum(idx.min(0) - cfg.crop_margin, 0)
     hi = np.minimum(idx.max(0) + 1 + cfg.crop_margin, data.shape)
@@ -129,24 +131,29 @@ def preprocess(data: np.ndarray, affine: np.ndarray, cfg: DataConfig) -> Preproc
     if std <= 0:
         raise IngestError("constant intensity inside the foreground")
     image = ((data - float(vals.mean())) / std).astype(np.float32)
-    return Preprocessed(image=image, mask=mask, transform=transform)
+    shift = np.eye(4)
+    shift[:3, 3] = lo
+    return Preprocessed(image=image, mask=mask, transform=transform, affine=grid_affine @ shift)
 
 
-def preprocess_file(path: Path, cfg: DataConfig) -> Preprocessed:
-    """Read and preprocess one scan: a NIfTI file, or a DICOM file or folder holding exactly
-    one volume under the series selection rules (what prediction on a new scan uses)."""
+def read_scan(path: Path, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The voxels and RAS affine of one scan as stored: a NIfTI file, or a DICOM file or folder
+    holding exactly one volume under the series selection rules."""
     path = Path(path)
     if path.is_file() and path.name.endswith((".nii", ".nii.gz")):
-        data, affine = load_nifti(path, cfg)
-        return preprocess(data, affine, cfg)
+        return load_nifti(path, cfg)
     found = discover([path], cfg)
     scans = [s for s in found.scans if s.kind in ("dicom", "nifti")]
     if len(scans) != 1:
         detail = f"; first problem: {found.problems[0][1]}" if found.problems and not scans else ""
         raise IngestError(f"{path}: expected one scan, found {len(scans)} ({len(found.skipped)} DICOM series "
                           f"skipped by the selection rules, {len(found.ignored)} files ignored{detail})")
-    data, affine = load_source(scans[0], cfg)
-    return preprocess(data, affine, cfg)
+    return load_source(scans[0], cfg)
+
+
+def preprocess_file(path: Path, cfg: DataConfig) -> Preprocessed:
+    """Read (:func:`read_scan`) and preprocess one scan: what prediction on a new scan uses."""
+    return preprocess(*read_scan(path, cfg), cfg)
 
 
 @dataclass

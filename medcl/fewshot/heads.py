@@ -71,10 +71,14 @@ def _check_predict(head, X) -> np.ndarray:
 
 
 class LinearHead:
-    """``predict_proba(X) = softmax(f(X) @ weight.T + bias)`` with ``f(X) = X - mean``, then
-    L2-normalised if ``normalise``: the deployable form of a fitted head (see ``to_linear``)."""
+    """``predict_proba(X) = softmax((f(X) @ weight.T + bias) / temperature)`` with
+    ``f(X) = X - mean``, then L2-normalised if ``normalise``: the deployable form of a fitted head
+    (see ``to_linear``). ``temperature`` (1: as fitted) is the calibration of
+    :mod:`medcl.fewshot.calibrate`; ``conformal_scores`` and ``conformal_labels`` (optional) are
+    the nonconformity scores and classes of its calibration scans (:mod:`medcl.fewshot.conformal`)."""
 
-    def __init__(self, classes, mean, weight, bias, normalise: bool):
+    def __init__(self, classes, mean, weight, bias, normalise: bool, temperature: float = 1.0,
+                 conformal_scores=None, conformal_labels=None):
         self.classes_ = np.asarray(classes)
         self.mean_ = np.asarray(mean, dtype=float)
         self.weight_ = np.asarray(weight, dtype=float)
@@ -84,17 +88,25 @@ class LinearHead:
         if self.classes_.ndim != 1 or self.mean_.ndim != 1 or self.weight_.shape != (c, d) or self.bias_.shape != (c,):
             raise ValueError(f"LinearHead: need classes (C,), mean (D,), weight (C, D), bias (C,); got "
                              f"{self.classes_.shape}, {self.mean_.shape}, {self.weight_.shape}, {self.bias_.shape}")
+        if not (np.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"LinearHead: temperature must be a finite number > 0, got {temperature!r}")
         self.n_features_in_ = d
+        self.temperature = float(temperature)
+        self.conformal_scores_ = np.asarray([] if conformal_scores is None else conformal_scores, dtype=float)
+        self.conformal_labels_ = np.asarray([] if conformal_labels is None else conformal_labels).astype(str)
+        if self.conformal_scores_.shape != self.conformal_labels_.shape:
+            raise ValueError("LinearHead: conformal_scores and conformal_labels must have the same length")
 
     def __repr__(self):
-        return f"LinearHead(classes={self.classes_.tolist()}, dim={self.n_features_in_}, normalise={self.normalise})"
+        return (f"LinearHead(classes={self.classes_.tolist()}, dim={self.n_features_in_}, normalise={self.normalise}, "
+                f"temperature={self.temperature:g})")
 
     def decision_function(self, X) -> np.ndarray:
         Z = _check_predict(self, X) - self.mean_
         return (l2_normalise(Z) if self.normalise else Z) @ self.weight_.T + self.bias_
 
     def predict_proba(self, X) -> np.ndarray:
-        return softmax(self.decision_function(X))
+        return softmax(self.decision_function(X) / self.temperature)
 
     def predict(self, X) -> np.ndarray:
         best = np.argmax(self.decision_function(X), axis=1)
@@ -104,13 +116,17 @@ class LinearHead:
         """Plain arrays in an ``.npz`` (class names as a unicode array, never pickled objects)."""
         with open(path, "wb") as f:  # an open file: numpy would otherwise append .npz to other names
             np.savez(f, classes=np.asarray(self.classes_.tolist()), mean=self.mean_, weight=self.weight_,
-                     bias=self.bias_, normalise=np.asarray(self.normalise))
+                     bias=self.bias_, normalise=np.asarray(self.normalise), temperature=np.asarray(self.temperature),
+                     conformal_scores=self.conformal_scores_, conformal_labels=self.conformal_labels_)
 
     @classmethod
     def load(cls, path) -> "LinearHead":
+        """A saved head; one saved before calibration existed loads with temperature 1 and no scores."""
         try:
             with np.load(Path(path), allow_pickle=False) as z:
-                return cls(z["classes"], z["mean"], z["weight"], z["bias"], bool(z["normalise"]))
+                extra = {k: z[k] for k in ("conformal_scores", "conformal_labels") if k in z.files}
+                return cls(z["classes"], z["mean"], z["weight"], z["bias"], bool(z["normalise"]),
+                           float(z["temperature"]) if "temperature" in z.files else 1.0, **extra)
         except (OSError, KeyError, ValueError) as e:
             raise ValueError(f"{path}: not a LinearHead .npz ({e})") from None
 

@@ -15,7 +15,7 @@ def primary_only(cfg: Config, features: dict, labels, subjects) -> FewShotOutput
     """``features`` scored with the primary head alone (and the probe, when ``fewshot.probe``):
     the same episodes, and so the same numbers for that head, as in the full suite."""
     f = dataclasses.replace(cfg.fewshot, heads=(cfg.fewshot.primary_head,), baselines=(), budget_method="none",
-                            embedding_map="none")
+                            embedding_map="none", curve_shots=(), calibration="none", saliency="none")
     return evaluate_features(dataclasses.replace(cfg, fewshot=f), features, labels, subjects)
 
 

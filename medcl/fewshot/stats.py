@@ -41,7 +41,7 @@ import numpy as np
 from medcl.fewshot.metrics import mean_ci95
 
 __all__ = ["EpisodePredictions", "episode_metrics", "summarise", "paired_difference", "roc_points",
-           "reliability_bins", "SCALAR_METRICS"]
+           "reliability_bins", "bootstrap_replicates", "subject_bootstrap_mean", "SCALAR_METRICS"]
 
 SCALAR_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc", "brier", "ece")
 N_BINS = 10
@@ -211,6 +211,34 @@ def _replicates(p: EpisodePredictions, n_boot: int, seed: int, n_subjects: int |
     """Per-replicate values of every metric: scalar metrics ``(B,)``, per-class ``(B, C)``."""
     S = _n_subjects(p, n_subjects)
     return _scores(_prepared(p, S), _boot_weights(S, n_boot, seed))
+
+
+def bootstrap_replicates(p: EpisodePredictions, metric: str, n_boot: int, seed: int = 0,
+                         n_subjects: int | None = None) -> np.ndarray:
+    """A scalar metric per subject-bootstrap replicate ``(n_boot,)``; ``n_boot = 0``: the point
+    value ``(1,)``. Replicate ``b`` draws the same subjects for every method and K scored with the
+    same ``seed`` and ``n_subjects``, so replicates of different K form one coherent curve."""
+    if metric not in SCALAR_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(SCALAR_METRICS)}")
+    S = _n_subjects(p, n_subjects)
+    W = _boot_weights(S, n_boot, seed) if n_boot > 0 else np.ones((1, S))
+    return _scores(_prepared(p, S), W)[metric]
+
+
+def subject_bootstrap_mean(values, subject, mask, n_boot: int, seed: int = 0,
+                           n_subjects: int | None = None) -> tuple[float, list]:
+    """Mean of ``values`` over the ``mask``-ed predictions (any shape; ``subject`` alike) and its
+    95% subject-bootstrap interval (the same subject draws as every other metric of ``seed``)."""
+    m = np.asarray(mask, bool)
+    s, v = np.asarray(subject)[m], np.asarray(values, float)[m]
+    S = int(n_subjects if n_subjects is not None else s.max() + 1)
+    num, den = np.bincount(s, weights=v, minlength=S), np.bincount(s, minlength=S).astype(float)
+    point = float(num.sum() / den.sum())
+    if n_boot <= 0:
+        return point, [point, point]
+    W = _boot_weights(S, n_boot, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return point, _ci((W @ num) / (W @ den))
 
 
 def _ci(values: np.ndarray) -> list:

@@ -11,6 +11,7 @@ scans' means and standard deviations (:func:`radiomics_baseline`).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from contextlib import contextmanager
@@ -25,7 +26,11 @@ from medcl.config import Config, FewShotConfig, config_to_dict, flatten
 from medcl.data.cohort import Cohort
 from medcl.fewshot.baselines import SOURCE_LABELS, linear_probe, pca_features, scratch_predictions
 from medcl.fewshot.budget import evaluate_budget
+from medcl.fewshot.calibrate import METHOD as CALIBRATION_METHOD, calibrated, episode_temperatures, support_temperature
+from medcl.fewshot.conformal import calibrate_head, episode_sets, set_summary
+from medcl.fewshot.curve import learning_curve
 from medcl.fewshot.embed import cohort_views, embed_cohort, embed_views, tsne_map
+from medcl.fewshot.episodes import max_shots
 from medcl.fewshot.evaluate import EvalSpec, run_heads
 from medcl.fewshot.heads import LinearHead, deployable
 from medcl.fewshot.radiomics import cache_path, cohort_radiomics, kept_columns, standardise
@@ -69,6 +74,9 @@ class FewShotOutput:
     ceiling: dict = field(default_factory=dict)       # source -> metrics of the linear probe on all labels
     paired: list = field(default_factory=list)
     budget: dict = field(default_factory=dict)
+    curve: dict = field(default_factory=dict)         # head -> learning_curve() of the pretrained features
+    calibration: dict = field(default_factory=dict)   # K -> ECE/Brier before and after temperature scaling
+    conformal: dict = field(default_factory=dict)     # K -> coverage and set size of the prediction sets
     embeddings: dict = field(default_factory=dict)
     rocs: dict = field(default_factory=dict)
     reliability: dict = field(default_factory=dict)
@@ -188,6 +196,12 @@ def evaluate_features(cfg: Config, features: dict, labels, subjects, views: torc
         with _timed(timings, "budget"):
             out.budget = evaluate_budget(features["pretrained"], labels, subjects, [int(s) for s in shots],
                                          f.budget_method, f.budget_random, f.seed)
+    if f.calibration != "none" and "pretrained" in features:
+        with _timed(timings, "calibration"):
+            _calibration(f, out, batches)
+    if f.curve_shots and "pretrained" in features:
+        with _timed(timings, "curve"):
+            out.curve = _curves(f, out, batches)
     if f.embedding_map == "tsne":
         with _timed(timings, "tsne"):
             for name, feats in features.items():
@@ -199,6 +213,47 @@ def evaluate_features(cfg: Config, features: dict, labels, subjects, views: torc
 
 def _n_subjects(out: FewShotOutput) -> int:
     return len(np.unique(out.subjects))
+
+
+def _calibration(f: FewShotConfig, out: FewShotOutput, batches: dict) -> None:
+    """The primary head on the pretrained features, per K: temperature fitted on each episode's
+    support (:mod:`medcl.fewshot.calibrate`), ECE and Brier before and after; conformal sets at
+    ``conformal_coverage`` from each episode's calibration subjects (:mod:`medcl.fewshot.conformal`)."""
+    h, feats = f.primary_head, out.features["pretrained"]
+    opts, alpha, S = head_options(f).get(h, {}), 1.0 - f.conformal_coverage, _n_subjects(out)
+    for k, p in out.predictions["pretrained"][h].items():
+        batch = batches[k].first(p.n_episodes)
+        T = episode_temperatures(h, feats, batch, out.subjects, **opts)
+        cal = calibrated(p, T)
+        after = summarise(cal, f.n_boot, f.seed, S)
+        keep = ("ece", "ece_ci95", "brier", "brier_ci95")
+        out.calibration[k] = {"head": h, "method": CALIBRATION_METHOD if batch.k_shot >= 2 else "none (K = 1)",
+                              "temperature": [float(v) for v in np.percentile(T, [2.5, 50, 97.5])],
+                              "before": {m: out.results["pretrained"][h][k][m] for m in keep},
+                              "after": {m: after[m] for m in keep}}
+        sets = episode_sets(h, feats, out.labels, out.subjects, batch, cal, alpha, **opts)
+        out.conformal[k] = {"head": h, **set_summary(cal, sets, alpha, f.n_boot, f.seed, S)}
+        if k == out.confusion_shot:
+            out.reliability[f"{SOURCE_LABELS['pretrained']}, {h}, calibrated"] = {**reliability_bins(cal),
+                                                                                 "ece": after["ece"]}
+
+
+def _curves(f: FewShotConfig, out: FewShotOutput, batches: dict) -> dict:
+    """The learning curve of each of ``curve_heads`` (those evaluated) on the pretrained
+    features, over ``curve_shots`` and the evaluated K (K that leave no query subject skipped);
+    the K not evaluated yet are scored here on episodes of the same seed."""
+    heads = tuple(h for h in f.curve_heads if h in f.heads)
+    limit = max_shots(out.labels, out.subjects)
+    missing = sorted({k for k in f.curve_shots if k <= limit} - {int(k) for k in batches})
+    preds = {h: dict(out.predictions["pretrained"][h]) for h in heads}
+    if heads and missing:
+        spec = dataclasses.replace(eval_spec(f), shots=missing, heads=heads, n_boot=0)
+        _, more, _ = run_heads({"pretrained": out.features["pretrained"]}, out.labels, out.subjects, spec)
+        for h in heads:
+            preds[h].update(more["pretrained"][h])
+    curves = {h: learning_curve(preds[h], f.curve_targets, "balanced_accuracy", f.curve_boot, f.seed,
+                                _n_subjects(out)) for h in heads}
+    return {h: {**c, "head": h, "source": "pretrained"} for h, c in curves.items() if c}
 
 
 def _scratch(f: FewShotConfig, out: FewShotOutput, views: torch.Tensor, batches: dict, shots: list[str],
@@ -262,21 +317,43 @@ def _paired(predictions: dict, scratch: dict, head: str, n_boot: int, seed: int,
 def fit_deployable_head(cfg: Config, encoder: Encoder, cohort: Cohort, k: int) -> tuple[LinearHead, list[str]]:
     """Fit the primary head on ``k`` labelled scans per class, one per subject, drawn by seed
     from the ``train`` split (or from all labelled scans); returns (linear head, scan keys).
-    A primary head with no linear form (kNN) deploys the head its spec names (``deploy_as``)."""
+    A primary head with no linear form (kNN) deploys the head its spec names (``deploy_as``).
+    With ``fewshot.calibration`` on, a class with ``k`` subjects or fewer keeps one out of the
+    support, the head's temperature is fitted on its support
+    (:func:`~medcl.fewshot.calibrate.support_temperature`) and the pool's other subjects (one
+    scan each) are its conformal calibration scans (:func:`~medcl.fewshot.conformal.calibrate_head`)."""
     pool = cohort.select(split="train", labelled=True)
     pool = pool if len(pool) else cohort.select(labelled=True)
     rng = np.random.default_rng(cfg.fewshot.seed)
     chosen: list[int] = []
+    keep = 1 if cfg.fewshot.calibration != "none" else 0          # a calibration subject of each class, if need be
     for label in sorted(set(pool.labels.tolist())):
         subjects = sorted({pool.rows[i]["subject_key"] for i in range(len(pool)) if pool.rows[i]["label"] == label})
-        picked = rng.choice(subjects, size=min(k, len(subjects)), replace=False)
+        picked = rng.choice(subjects, size=max(1, min(k, len(subjects) - keep)), replace=False)
         for s in picked:
             chosen.append(next(i for i in range(len(pool)) if pool.rows[i]["subject_key"] == s))
     support = Cohort(pool.root, [pool.rows[i] for i in chosen])
     feats = embed_cohort(encoder, support, cfg.augment.view_size)
     name, spec = deployable(cfg.fewshot.primary_head)
-    head = spec.make(**head_options(cfg.fewshot).get(name, {})).fit(feats, support.labels)
-    return head.to_linear(), support.scan_keys.tolist()
+    opts = head_options(cfg.fewshot).get(name, {})
+    head = spec.make(**opts).fit(feats, support.labels).to_linear()
+    if cfg.fewshot.calibration != "none":
+        head.temperature = support_temperature(name, feats, support.labels, support.subjects, **opts)
+        calib = _calibration_scans(pool, set(support.subjects.tolist()))
+        if len(calib):
+            calibrate_head(head, embed_cohort(encoder, calib, cfg.augment.view_size), calib.labels)
+    return head, support.scan_keys.tolist()
+
+
+def _calibration_scans(pool: Cohort, support_subjects: set) -> Cohort:
+    """One scan of every subject of ``pool`` outside the support."""
+    seen: set = set()
+    rows = []
+    for r in pool.rows:
+        if r["subject_key"] not in support_subjects and r["subject_key"] not in seen:
+            seen.add(r["subject_key"])
+            rows.append(r)
+    return Cohort(pool.root, rows)
 
 
 def save_features(out: FewShotOutput, path: Path) -> None:
@@ -299,6 +376,16 @@ def log_to_mlflow(cfg: Config, fs: FewShotOutput) -> None:
     for p in fs.paired:
         tracking.log_metrics({f"paired.{p['a']}_minus_{p['b']}.{p['head']}.balanced_accuracy": p["difference"]},
                              int(p["shots"]))
+    for h, c in fs.curve.items():
+        for t in c.get("targets", []):
+            if t["labels_per_class"] is not None:
+                tracking.log_metrics({f"curve.{h}.labels_per_class_for_{t['target']:g}": t["labels_per_class"]})
+    for k, r in fs.calibration.items():
+        tracking.log_metrics({"calibrated.pretrained.ece": r["after"]["ece"],
+                              "calibrated.pretrained.brier": r["after"]["brier"]}, int(k))
+    for k, r in fs.conformal.items():
+        tracking.log_metrics({"conformal.coverage": r["coverage"], "conformal.mean_set_size": r["mean_set_size"]},
+                             int(k))
     for k, r in fs.budget.items():
         tracking.log_metrics({"budget.suggested.balanced_accuracy": r["suggested"],
                               "budget.random.balanced_accuracy": r["random_mean"]}, int(k))

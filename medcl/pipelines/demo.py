@@ -27,6 +27,8 @@ from medcl.data.cohort import Cohort
 from medcl.data.demo import make_demo_sources
 from medcl.data.ingest import ingest
 from medcl.models import build_encoder
+from medcl.fewshot.conformal import head_report
+from medcl.fewshot.saliency import explain_examples, template_regions
 from medcl.fewshot.embed import cohort_views, embed_views
 from medcl.fewshot.suite import (evaluate_encoders, evaluation_cohort, fit_deployable_head, log_to_mlflow,
                                  save_features)
@@ -35,6 +37,7 @@ from medcl.report import DEMO_BANNER, MontageSample
 from medcl.fewshot.seeds import primary_only, seed_entry, seeds_block
 from medcl.report.content import build_report_data, model_card, seed_spread_lines, summary_block
 from medcl.report.files import log_report_artifacts, write_report, write_summary
+from medcl.report.trust import saliency_block
 from medcl.serving.inference import load_encoder
 from medcl.serving.registry import alias_new_version, log_fewshot
 from medcl.train.callbacks import StepTiming, format_duration
@@ -104,13 +107,15 @@ def run_demo(cfg: Config, out: Path, tracking_uri: str, progress: bool = True) -
         seeds = seeds_block(cfg, per_seed)
         if len(pres) > 1:
             _log_seeds(seeds, pres)
-        alias = _register_fewshot_model(cfg, pretrained, meta, cohort, fs, pre, run, lineage)
+        alias, head, deployed = _register_fewshot_model(cfg, pretrained, meta, cohort, fs, pre, run, lineage)
         t_report = time.perf_counter()
-        paths = write_report(_report_data(cfg, fs, cohort, res, pre, alias, seeds), out, cfg.fewshot.pdf)
+        saliency = _saliency(cfg, pretrained, head, fs)       # its time counts in timings["report"]
+        paths = write_report(_report_data(cfg, fs, cohort, res, pre, alias, seeds, deployed, saliency), out,
+                             cfg.fewshot.pdf)
         timings["report"] = time.perf_counter() - t_report
         log_report_artifacts(paths)
     timings["register"] = time.perf_counter() - t0 - sum(timings.values())
-    summary = _summary(cfg, cohort, res, fs, pre, paths)
+    summary = {**_summary(cfg, cohort, res, fs, pre, paths), **_trust_summary(deployed, saliency)}
     summary["seeds"] = seeds
     summary["mlflow"] = {"tracking_uri": tracking_uri, "pretrain_run_id": pre.run_id,
                          "fewshot_run_id": run.run_id, "encoder_model_uri": pre.encoder_uri,
@@ -192,10 +197,17 @@ def _log_seeds(seeds: dict, pres: list[PretrainOutput]) -> None:
                                   f"seeds.{src}.balanced_accuracy.sd": r["sd"]}, int(k))
 
 
-def _register_fewshot_model(cfg: Config, pretrained, meta: dict, cohort: Cohort, fs, pre, run, lineage: dict) -> str:
+def _register_fewshot_model(cfg: Config, pretrained, meta: dict, cohort: Cohort, fs, pre, run,
+                            lineage: dict) -> tuple[str, object, dict]:
     """The deployable head fitted on DEPLOY_SHOTS train-split scans per class, registered with
-    the encoder as the few-shot model of ``run``; returns the alias of the new version."""
+    the encoder as the few-shot model of ``run``; returns the alias of the new version, the head
+    and its calibration and prediction sets on the evaluation scans (:func:`head_report`)."""
     head, support_keys = fit_deployable_head(cfg, pretrained, cohort, DEPLOY_SHOTS)
+    f = cfg.fewshot
+    deployed = head_report(head, fs.features["pretrained"], fs.labels, fs.subjects, f.conformal_coverage, f.n_boot,
+                           f.seed) if f.calibration != "none" else {}
+    for name in ("before", "after") if deployed else ():
+        tracking.log_metrics({f"registered.ece_{name}": deployed[name]["ece"]}, DEPLOY_SHOTS)
     primary = fs.results["pretrained"][cfg.fewshot.primary_head]
     info = log_fewshot(pretrained, head, meta, cfg.tracking.fewshot_model_name, run=run,
                        version_tags={**lineage, "medcl.fewshot_run_id": run.run_id},
@@ -212,21 +224,43 @@ def _register_fewshot_model(cfg: Config, pretrained, meta: dict, cohort: Cohort,
     if info is not None:
         alias = alias_new_version(cfg.tracking.fewshot_model_name, info.registered_model_version, cfg.tracking.alias)
     tracking.log_dict({"support_scan_keys": support_keys, "shots_per_class": DEPLOY_SHOTS}, "deployable_support.json")
-    return alias or cfg.tracking.alias
+    return alias or cfg.tracking.alias, head, deployed
 
 
-def _report_data(cfg: Config, fs, cohort: Cohort, res, pre, alias: str, seeds: dict):
+def _saliency(cfg: Config, encoder, head, fs) -> dict:
+    """The report's saliency block: the registered head's maps on a few evaluation scans per
+    class, with the template's regions when the cohort is registered to it and brain-masked."""
+    f = cfg.fewshot
+    if f.saliency == "none":
+        return {}
+    regions = None
+    if cfg.data.register != "none" and cfg.data.brain_mask == "template":
+        regions = template_regions(fs.cohort.image(0).shape, cfg.data.spacing, cfg.data.crop_margin)
+    examples = explain_examples(encoder, head, fs.cohort, fs.features["pretrained"], cfg.augment.view_size,
+                                f.saliency_per_class, f.saliency, regions, f.seed)
+    return saliency_block(examples, f.saliency)
+
+
+def _report_data(cfg: Config, fs, cohort: Cohort, res, pre, alias: str, seeds: dict, deployed: dict,
+                 saliency: dict):
     return build_report_data(
         cfg, fs, "medcl few-shot diagnosis evaluation (demo)",
         {"all": cohort.counts(), "evaluated (test split)": fs.cohort.counts(), "ingest": res.counts()},
         banner=DEMO_BANNER, losses=pre.result.losses, montage=montage_samples(cohort, cfg),
         model_card=model_card(cfg, fs, pre.encoder_uri or "the pretrained encoder", demo=True, deploy_shots=DEPLOY_SHOTS),
+        deployed=deployed, saliency=saliency,
         notes=[f"The encoder was pretrained on the {len(cohort.select(split='train'))} scans of the train split "
                f"without their labels; episodes draw only from the {len(fs.cohort)} scans of the test split.",
                f"The registered model '{cfg.tracking.fewshot_model_name}@{alias}' is the "
                f"{cfg.fewshot.primary_head} head fitted on {DEPLOY_SHOTS} train-split scans per class.",
                "Few-shot stage timings (s): " + ", ".join(f"{k} {v}" for k, v in fs.timings.items()),
                *seed_spread_lines(seeds, report=True)])
+
+
+def _trust_summary(deployed: dict, saliency: dict) -> dict:
+    """summary.json's registered model (calibration, sets) and where it looked."""
+    return {"registered_model": deployed,
+            "saliency": {"method": saliency.get("method"), "where_it_looks": saliency.get("summary", {})}}
 
 
 def _summary(cfg: Config, cohort: Cohort, res, fs, pre, paths: dict) -> dict:
@@ -239,6 +273,9 @@ def _summary(cfg: Config, cohort: Cohort, res, fs, pre, paths: dict) -> dict:
         "fewshot_ceiling": fs.ceiling,
         "fewshot_paired": fs.paired,
         "label_budget": fs.budget,
+        "label_curve": fs.curve,
+        "fewshot_calibration": fs.calibration,
+        "fewshot_conformal": fs.conformal,
         "report": {"html": str(paths["html"]), "pdf": str(paths["pdf"]) if paths["pdf"] else None},
         "pretrain": {"steps": pre.result.steps, "seconds": round(pre.result.seconds, 1),
                      "final_loss": pre.result.losses[-1]},

@@ -46,7 +46,8 @@ def run_fewshot(cfg: Config, cohort_dir: Path, encoder_uri: str, out_dir: Path, 
         paths = write_report(data, out_dir, cfg.fewshot.pdf)
         log_report_artifacts(paths)
     summary = {"cohort": fs.counts(), "fewshot": summary_block(cfg, fs), "fewshot_all_heads": fs.results,
-               "ceiling": fs.ceiling, "paired": fs.paired, "budget": fs.budget,
+               "ceiling": fs.ceiling, "paired": fs.paired, "budget": fs.budget, "label_curve": fs.curve,
+               "calibration": fs.calibration, "conformal": fs.conformal,
                "report": {"html": str(paths["html"]), "pdf": str(paths["pdf"]) if paths["pdf"] else None},
                "mlflow": {"tracking_uri": tracking_uri, "fewshot_run_id": run.run_id,
                           "encoder_uri": encoder_uri},

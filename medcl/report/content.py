@@ -104,14 +104,16 @@ def model_card(cfg: Config, fs: FewShotOutput, encoder: str, demo: bool, deploy_
 
 def build_report_data(cfg: Config, fs: FewShotOutput, title: str, cohort_counts: dict, banner: str | None = None,
                       losses: list | None = None, montage: list | None = None, notes: list | None = None,
-                      model_card: dict | None = None) -> ReportData:
+                      model_card: dict | None = None, deployed: dict | None = None,
+                      saliency: dict | None = None) -> ReportData:
     """Everything :func:`~medcl.report.html.render_report` shows of an evaluation."""
     return ReportData(title=title, cohort=cohort_counts, config=config_to_dict(cfg), curves=fs.results,
                       primary_head=cfg.fewshot.primary_head, confusion_shot=fs.confusion_shot, losses=list(losses or []),
                       montage=list(montage or []), banner=banner, notes=list(notes or []), method=method_lines(cfg, fs),
                       ceiling=fs.ceiling, scratch=fs.scratch, paired=fs.paired, rocs=fs.rocs, reliability=fs.reliability,
                       embeddings=fs.embeddings, budget={k: {**v} for k, v in fs.budget.items()},
-                      model_card=model_card or {},
+                      label_curve=fs.curve, calibration=fs.calibration, conformal=fs.conformal,
+                      deployed=deployed or {}, saliency=saliency or {}, model_card=model_card or {},
                       interval=f"subject bootstrap, {cfg.fewshot.n_boot} replicates")
 
 

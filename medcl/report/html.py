@@ -4,7 +4,7 @@ Sections (each only when it has content, so that none is ever empty): banner, su
 (counts only), method, curves (every metric versus shots, every head and baseline, 95% CI
 bands), metrics (all metrics at one K), confusion matrices, ROC curves, reliability diagrams,
 embedding maps (t-SNE), augmentation montage, per-class sensitivity and specificity, label
-budget, pretraining loss, model card, notes, configuration.
+budget (which scans first; how many labels: :mod:`medcl.report.trust`), pretraining loss, model card, notes, configuration.
 
 :class:`ReportData` holds plain data only; :func:`save_report_data` / :func:`load_report_data`
 write and read it (``report_data.json`` + ``report_arrays.npz``), so ``medcl report`` renders
@@ -14,7 +14,6 @@ a report again from a run's artifacts without recomputing anything.
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from medcl.report import figures as fig
+from medcl.report.blocks import esc, fmt as _fmt, section as _section, table as _table
+from medcl.report.trust import calibration_section, curve_section, saliency_section
 from medcl.report.figures import HEAD_LABELS, METRIC_LABELS, SOURCE_LABELS, label
 
 DEMO_BANNER = ("Demo data: simulated pathology on real anatomy (MNI ICBM152 2009 template). "
@@ -59,34 +60,17 @@ class ReportData:
     reliability: dict = field(default_factory=dict)        # method name -> stats.reliability_bins() + "ece"
     embeddings: dict = field(default_factory=dict)         # source -> {"xy", "labels", "method"}
     budget: dict = field(default_factory=dict)             # fewshot.budget.evaluate_budget() + "method"
+    label_curve: dict = field(default_factory=dict)        # head -> fewshot.curve.learning_curve()
+    calibration: dict = field(default_factory=dict)        # K -> ECE before/after (fewshot.suite._calibration)
+    conformal: dict = field(default_factory=dict)          # K -> fewshot.conformal.set_summary()
+    deployed: dict = field(default_factory=dict)           # fewshot.conformal.head_report() of the registered head
+    saliency: dict = field(default_factory=dict)           # report.trust.saliency_block()
     model_card: dict = field(default_factory=dict)         # intended_use, data, model, evaluation, limitations
     interval: str = ""                                     # which interval the report shows
 
 
-esc = html.escape
-
-
-def _fmt(v, ci=None) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "–"
-    s = f"{v:.3f}"
-    if ci is not None and not any(c is None or np.isnan(c) for c in ci):
-        s += f" <span class='ci'>[{ci[0]:.3f}, {ci[1]:.3f}]</span>"
-    return s
-
-
 def _ci(res: dict, metric: str):
     return res.get("ci95" if metric == "balanced_accuracy" else f"{metric}_ci95")
-
-
-def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table class='{cls}'><tr>{head}</tr>{body}</table>"
-
-
-def _section(sid: str, title: str, body: str) -> str:
-    return f"<section id='{sid}'><h2>{esc(title)}</h2>{body}</section>"
 
 
 def _shots(data: ReportData) -> list[str]:
@@ -292,6 +276,9 @@ def render_report(data: ReportData, path: Path) -> Path:
     sections = [_summary(data), _cohort(data) if data.cohort else "", _method(data) if data.method else "",
                 _curves(data) if data.curves else "", _metrics(data) if data.curves else "", _confusion(data),
                 _roc(data) if data.rocs else "", _reliability(data) if data.reliability else "",
+                calibration_section(data.calibration, data.conformal, data.deployed)
+                if data.calibration or data.conformal else "",
+                saliency_section(data.saliency) if data.saliency.get("examples") else "",
                 _embeddings(data) if data.embeddings else ""]
     if data.montage:
         sections.append(_section("montage", "Augmentation pairs",
@@ -299,7 +286,8 @@ def render_report(data: ReportData, path: Path) -> Path:
                                  "random training views (what contrastive pretraining compares), then of the small "
                                  "local views of multi-crop when the run used them (augment.local_views).</p>"
                                  f"<img alt='augmentation montage' src='{fig.montage_figure(data.montage)}'>"))
-    sections += [_sensitivity(data), _budget(data) if data.budget else ""]
+    sections += [_sensitivity(data), _budget(data) if data.budget else "",
+                 curve_section(data.label_curve) if data.label_curve else ""]
     if data.losses:
         sections.append(_section("training", "Pretraining loss",
                                  f"<img alt='pretraining loss' src='{fig.loss_figure(data.losses)}'>"))

@@ -4,7 +4,10 @@ The encoder weights (state dict, loaded with ``weights_only=True``) and the head
 in an ``.npz``, loaded with ``allow_pickle=False``) are artifacts; nothing is unpickled at load
 time. Input: one column of scans (NIfTI paths, DICOM folders or 3D arrays in RAS voxel order),
 param ``spacing`` (mm) for arrays; output: one column per class with its probability, and
-``label``, the most probable class.
+``label``, the most probable class; with calibration scores in the head, ``prediction_set``
+(the classes of the conformal set at param ``coverage``, ``|``-joined) and ``coverage``
+(:mod:`medcl.serving.outputs`). Probabilities are temperature-calibrated when the head carries a
+temperature (:mod:`medcl.fewshot.calibrate`).
 """
 
 import mlflow
@@ -13,6 +16,7 @@ import pandas as pd
 
 from medcl.fewshot.heads import LinearHead
 from medcl.serving.inference import embed_inputs, load_encoder, read_meta, scan_inputs
+from medcl.serving.outputs import with_prediction_sets
 
 
 class FewShotModel(mlflow.pyfunc.PythonModel):
@@ -26,7 +30,7 @@ class FewShotModel(mlflow.pyfunc.PythonModel):
         probs = self.head.predict_proba(feats)
         out = pd.DataFrame(probs, columns=[str(c) for c in self.head.classes_])
         out["label"] = np.asarray(self.head.classes_)[probs.argmax(1)]
-        return out
+        return with_prediction_sets(out, self.head, probs, (params or {}).get("coverage"))
 
 
 mlflow.models.set_model(FewShotModel())

@@ -37,6 +37,7 @@ from mlflow.types.schema import AnyType
 import medcl
 from medcl import tracking
 from medcl.models import Encoder
+from medcl.serving.outputs import DEFAULT_COVERAGE
 from medcl.tracking.spool import RunHandle, TrackingWarning, call_with_retry, retry_policy
 
 HERE = Path(__file__).parent
@@ -54,8 +55,10 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def params_schema(meta: dict) -> ParamSchema:
-    return ParamSchema([ParamSpec("spacing", "double", float(meta["data"]["spacing"]))])
+def params_schema(meta: dict, coverage: bool = False) -> ParamSchema:
+    """``spacing`` (mm, for array input); ``coverage`` of the prediction sets when ``coverage``."""
+    specs = [ParamSpec("spacing", "double", float(meta["data"]["spacing"]))]
+    return ParamSchema(specs + ([ParamSpec("coverage", "double", DEFAULT_COVERAGE)] if coverage else []))
 
 
 def example_volume(spacing: float, size_mm: float = 48.0) -> np.ndarray:
@@ -104,7 +107,9 @@ def model_card(kind: str, registered_name: str | None, meta: dict, classes: list
     if info.get("lineage"):
         lines += ["## Lineage"] + [f"- {k}: {v}" for k, v in info["lineage"].items()] + [""]
     out = ("one column `h0`..`h{D-1}` per feature" if kind == "encoder"
-           else "one column per class with its probability, and `label` (the most probable class)")
+           else "one column per class with its (calibrated) probability, `label` (the most probable class) and, "
+                "when the model has calibration scans, `prediction_set` (the classes of the conformal set at param "
+                "`coverage`, `|`-joined) and `coverage`")
     lines += ["## Input and output",
               "Input: one column of scans, each the bytes of a NIfTI file, of a DICOM file or of a zip of one DICOM "
               "series (base64 text in a JSON request), or a 3D array in RAS voxel order; param `spacing` (mm, default "
@@ -193,13 +198,15 @@ def log_encoder(encoder: Encoder, meta: dict, registered_name: str | None = None
 def log_fewshot(encoder: Encoder, head, meta: dict, registered_name: str | None = None,
                 run: RunHandle | None = None, card_info: dict | None = None, version_tags: dict | None = None):
     """Log (and optionally register) encoder + linear head as the diagnosis model."""
+    sets = bool(len(getattr(head, "conformal_scores_", ())))
     cols = [ColSpec("double", str(c)) for c in head.classes_] + [ColSpec("string", "label")]
+    cols += [ColSpec("string", "prediction_set"), ColSpec("double", "coverage")] if sets else []
     card = model_card("fewshot", registered_name, meta, classes=head.classes_.tolist(), info=card_info)
     with tempfile.TemporaryDirectory() as tmp:
         arts = _write_common(Path(tmp), encoder, meta, card)
         head.save(Path(tmp) / "head.npz")
         arts["head"] = str(Path(tmp) / "head.npz")
-        return _log("fewshot", arts, ModelSignature(INPUT_SCHEMA, Schema(cols), params=params_schema(meta)), meta,
+        return _log("fewshot", arts, ModelSignature(INPUT_SCHEMA, Schema(cols), params=params_schema(meta, sets)), meta,
                     registered_name, run, card, version_tags)
 
 

@@ -1,0 +1,90 @@
+"""Issue 14's figures on a finished demo, without pretraining again: the label-budget curve,
+calibration and conformal sets per K, the registered head's ECE before/after on the evaluation
+scans, and where its saliency falls (template regions; lesion-class saliency in white matter and
+atrophy-class saliency at the ventricles against the same masks shifted at random).
+
+    .venv/bin/python bench/trust.py --demo out/demo [--config configs/demo.yaml] [--per-class 3] [--method occlusion]
+        [KEY=VALUE ...]      # config overrides, e.g. fewshot.curve_shots=1,2,3,5,10,20
+
+Reads ``OUT/cohort``, ``OUT/features.npz`` (the evaluation scans' pretrained features) and
+``OUT/pretrain/encoder.pt``; refits the registered head exactly as the demo does
+(``fit_deployable_head``, K = 5). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from medcl.data.cohort import Cohort  # noqa: E402
+from medcl.fewshot.conformal import head_report  # noqa: E402
+from medcl.fewshot.saliency import concentration, explain_examples, template_regions  # noqa: E402
+from medcl.fewshot.suite import evaluate_features, evaluation_cohort, fit_deployable_head  # noqa: E402
+from medcl.pipelines.pretrain import encoder_meta  # noqa: E402
+from medcl.serving.inference import load_encoder  # noqa: E402
+from medcl.validate import load_checked  # noqa: E402
+
+
+def _suite(cfg, z) -> dict:
+    f = dataclasses.replace(cfg.fewshot, heads=tuple(dict.fromkeys((cfg.fewshot.primary_head, "logreg"))),
+                            baselines=(), probe=False, budget_method="none", embedding_map="none")
+    fs = evaluate_features(dataclasses.replace(cfg, fewshot=f), {"pretrained": z["features_pretrained"]},
+                           z["labels"], z["subjects"])
+    return {"curve": fs.curve, "calibration": fs.calibration,
+            "conformal": {k: {m: v[m] for m in ("target", "coverage", "coverage_ci95", "mean_set_size",
+                                                  "set_size_ci95", "class_conditional_fraction", "target_met")}
+                          for k, v in fs.conformal.items()}}
+
+
+def _saliency(cfg, encoder, head, cohort, X, per_class: int) -> dict:
+    eval_set = evaluation_cohort(cohort)
+    regions = template_regions(eval_set.image(0).shape, cfg.data.spacing, cfg.data.crop_margin)
+    brain = np.logical_or.reduce(list(regions.values()))
+    examples = explain_examples(encoder, head, eval_set, X, cfg.augment.view_size, per_class, cfg.fewshot.saliency,
+                                regions, cfg.fewshot.seed)
+    target = {"lesion": "white matter", "atrophy": "ventricles"}
+    out: dict = {"method": cfg.fewshot.saliency, "examples": []}
+    for e in examples:
+        row = {k: e[k] for k in ("label", "predicted", "correct", "regions")}
+        if e["label"] in target:
+            row["concentration"] = {"region": target[e["label"]],
+                                    **concentration(e["saliency"], regions[target[e["label"]]], brain)}
+        out["examples"].append(row)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--demo", required=True, type=Path)
+    ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--per-class", type=int, default=3)
+    ap.add_argument("--method", choices=("gradcam", "occlusion"), help="saliency method (default: the config's)")
+    ap.add_argument("overrides", nargs="*", help="config overrides KEY=VALUE")
+    a = ap.parse_args()
+    cfg = load_checked(a.config, a.overrides)
+    if a.method:
+        cfg = dataclasses.replace(cfg, fewshot=dataclasses.replace(cfg.fewshot, saliency=a.method))
+    z = np.load(a.demo / "features.npz", allow_pickle=False)
+    t0 = time.perf_counter()
+    res = _suite(cfg, z)
+    cohort = Cohort.load(a.demo / "cohort")
+    encoder = load_encoder(a.demo / "pretrain" / "encoder.pt", encoder_meta(cfg))
+    head, _ = fit_deployable_head(cfg, encoder, cohort, 5)
+    res["registered"] = head_report(head, z["features_pretrained"], z["labels"], z["subjects"],
+                                    cfg.fewshot.conformal_coverage, cfg.fewshot.n_boot, cfg.fewshot.seed)
+    res["saliency"] = _saliency(cfg, encoder, head, cohort, z["features_pretrained"], a.per_class)
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""How sure it is, part 1: temperature scaling fitted on the support set alone.
+
+A few-shot head's probabilities are not calibrated: the cosine prototype head's fixed
+temperature (10) makes it far too sure on a weak encoder. Temperature scaling (Guo et al. 2017)
+divides the head's log-probabilities by one number ``T`` per fitted head. Here ``T`` must come
+from the labelled support set only (no other labels exist in a few-shot setting), so the
+support is **cross-fitted**: fold ``j`` of ``K`` holds out the ``j``-th support subject of every
+class (one subject per class: the head refitted on the other ``K - 1`` keeps every class), so
+every support subject is predicted once by a head that never saw it. ``T`` minimises the
+negative log-likelihood of those held-out predictions against Platt's smoothed targets
+(Platt 1999: the true class ``(K + 1) / (K + 2)``, the rest share ``1 / (K + 2)``), which keeps
+``T`` finite when every held-out scan is right. ``T`` is chosen on a log grid (0.05 to 50).
+At K = 1 no fold keeps a class: ``T = 1`` (uncalibrated), and the report says so.
+
+The same function scores every episode of an evaluation (vectorised over episodes with the
+head's own batched predictor) and fits the registered model's ``T`` (a one-episode batch made of
+its support), so the report's "after" numbers are those of the procedure that is deployed.
+
+Example::
+
+    >>> rng = np.random.default_rng(0)
+    >>> labels = np.repeat(["a", "b"], 12); subjects = np.arange(24)
+    >>> X = rng.normal(size=(24, 6)) + 1.0 * (labels == "a")[:, None]
+    >>> batch = sample_episode_batch(labels, subjects, k_shot=5, n_query=5, n_episodes=20, seed=0)
+    >>> T = episode_temperatures("prototype", X, batch, subjects)
+    >>> T.shape, bool((T > 1).all())                  # temperature 10 is overconfident here
+    ((20,), True)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medcl.fewshot.batched import gram
+from medcl.fewshot.episodes import EpisodeBatch, sample_episode_batch  # noqa: F401  (doctest)
+from medcl.fewshot.heads import HEADS
+from medcl.fewshot.stats import EpisodePredictions
+
+__all__ = ["T_GRID", "support_folds", "fit_temperatures", "apply_temperature", "episode_temperatures",
+           "calibrated", "support_temperature", "METHOD"]
+
+T_GRID = np.geomspace(0.05, 50.0, 241)
+METHOD = ("temperature scaling fitted on the support set alone: K folds, each holding out one support subject "
+          "per class; NLL with Platt's smoothed targets")
+
+
+def support_folds(batch: EpisodeBatch) -> EpisodeBatch:
+    """``K`` folds of every episode (episode-major, ``E * K`` rows): fold ``j`` supports with all
+    but the ``j``-th support scan of each class and queries that scan of each class."""
+    E, n_way, K = batch.n_episodes, batch.n_way, batch.k_shot
+    if K < 2:
+        raise ValueError(f"support_folds: cross-fitting needs K >= 2 support subjects per class, got K={K}")
+    s = batch.support.reshape(E, n_way, K)
+    support = np.stack([np.delete(s, j, axis=2).reshape(E, -1) for j in range(K)], 1).reshape(E * K, -1)
+    query = np.stack([s[:, :, j] for j in range(K)], 1).reshape(E * K, n_way)
+    return EpisodeBatch(support, query, np.repeat(batch.classes, K, axis=0), batch.class_names, K - 1)
+
+
+def _log_proba(proba: np.ndarray, in_episode: np.ndarray) -> np.ndarray:
+    """log p over the episode's classes, ``-inf`` elsewhere; ``in_episode`` broadcasts to ``proba``."""
+    return np.where(in_episode, np.log(np.clip(proba, 1e-12, 1.0)), -np.inf)
+
+
+def apply_temperature(proba: np.ndarray, T, in_episode: np.ndarray | None = None) -> np.ndarray:
+    """``softmax(log p / T)`` over the classes of ``in_episode`` (default: all); ``T`` broadcasts
+    against ``proba``'s leading axes (one per episode: shape ``(E, 1, 1)``)."""
+    proba = np.asarray(proba, dtype=float)
+    inep = np.ones(proba.shape, bool) if in_episode is None else np.broadcast_to(in_episode, proba.shape)
+    z = _log_proba(proba, inep) / T
+    z = z - z.max(-1, keepdims=True)
+    e = np.where(inep, np.exp(z), 0.0)
+    return e / e.sum(-1, keepdims=True)
+
+
+def fit_temperatures(proba: np.ndarray, y: np.ndarray, in_episode: np.ndarray, smoothing: float) -> np.ndarray:
+    """``T`` ``(E,)`` per episode from held-out probabilities ``(E, n, C)`` and their true class
+    ``y`` ``(E, n)``: the grid value of least NLL against targets ``1 - smoothing`` for the true
+    class and ``smoothing`` shared by the episode's other classes (``in_episode`` ``(E, C)``)."""
+    inep = np.broadcast_to(in_episode[:, None, :], proba.shape)
+    n_other = np.maximum(in_episode.sum(1) - 1, 1)[:, None, None]
+    onehot = np.eye(proba.shape[-1], dtype=bool)[y]
+    target = np.where(onehot, 1.0 - smoothing, smoothing / n_other) * inep
+    logp = _log_proba(proba, inep)
+    nll = np.empty((len(proba), len(T_GRID)))
+    for i, T in enumerate(T_GRID):
+        z = logp / T
+        m = z.max(-1, keepdims=True)
+        lse = m + np.log(np.where(inep, np.exp(z - m), 0.0).sum(-1, keepdims=True))
+        nll[:, i] = -np.where(inep, target * (z - lse), 0.0).sum((1, 2))
+    return T_GRID[np.argmin(nll, axis=1)]
+
+
+def episode_temperatures(head: str, features, batch: EpisodeBatch, subjects=None, G: np.ndarray | None = None,
+                         **options) -> np.ndarray:
+    """``T`` ``(E,)`` of head ``head`` (a name in :data:`~medcl.fewshot.heads.HEADS`) fitted on
+    each episode's support by cross-fitting; ones when K = 1."""
+    if batch.k_shot < 2:
+        return np.ones(batch.n_episodes)
+    features = np.asarray(features, dtype=float)
+    folds = support_folds(batch)
+    G = gram(features) if G is None else G
+    proba = HEADS[head].predict_episodes(features, folds, subjects, G, **options)        # (E*K, n_way, C)
+    E, K, n_way = batch.n_episodes, batch.k_shot, batch.n_way
+    y = folds.classes.reshape(E, K * n_way)
+    inep = np.zeros((E, len(batch.class_names)), bool)
+    np.put_along_axis(inep, batch.classes, True, axis=1)
+    return fit_temperatures(proba.reshape(E, K * n_way, -1), y, inep, 1.0 / (K + 2))
+
+
+def calibrated(p: EpisodePredictions, T: np.ndarray) -> EpisodePredictions:
+    """``p`` with every episode's probabilities scaled by its temperature (padding stays zero)."""
+    proba = apply_temperature(p.proba, np.asarray(T, float)[:, None, None], p.in_episode[:, None, :])
+    proba = proba * p.mask[..., None]
+    return EpisodePredictions(p.y, proba, p.subject, p.class_names, p.in_episode, {**p.meta, "temperature": T})
+
+
+def support_temperature(head: str, features, labels, subjects=None, **options) -> float:
+    """``T`` of a head fitted on one labelled support set (rows of ``features``), by the same
+    cross-fitting; each class contributes its first ``K = min count`` scans. ``1.0`` when some
+    class has a single scan."""
+    labels = np.asarray(labels)
+    names = np.unique(labels)
+    rows = [np.flatnonzero(labels == c) for c in names]
+    k = min(len(r) for r in rows)
+    if k < 2:
+        return 1.0
+    support = np.concatenate([r[:k] for r in rows])[None]
+    batch = EpisodeBatch(support, support[:, :1], np.arange(len(names))[None], names, k)
+    subj = np.arange(len(labels)) if subjects is None else np.asarray(subjects)
+    return float(episode_temperatures(head, features, batch, subj, **options)[0])

@@ -1,0 +1,176 @@
+"""Where it looked: 3D saliency of a few-shot head's class score, with MONAI's own tools.
+
+The frozen encoder and the deployed :class:`~medcl.fewshot.heads.LinearHead` are one torch
+module (:class:`ClassScores`: view -> class logits, the head's centring, L2 normalisation and
+temperature included), so :mod:`monai.visualize` explains the class score directly:
+
+- ``occlusion`` (``monai.visualize.OcclusionSensitivity``, Zeiler & Fergus 2014): a cube of the
+  view is replaced by the view's mean, sliding over the view; the saliency of a voxel is the
+  drop of the class logit when the cubes holding it are occluded (positive: the region speaks
+  for the class). Fine-grained; one forward pass per cube position.
+- ``gradcam`` (``monai.visualize.GradCAM``, Selvaraju et al. 2017) on the encoder's last stage
+  (``layer4``): cheap, but as coarse as that stage (the view / 16).
+
+A map is made on the evaluation view (the head's bounding box resized to the view size) and
+taken back to the preprocessed scan (:func:`view_to_image`: inverse resize into the crop box),
+then to the scan's own voxel grid (:func:`image_to_scan`: through the registration transform
+and the affines that ingest records in :class:`~medcl.data.ingest.Preprocessed`), so it
+overlays the source scan in any viewer. :func:`region_means` summarises a map per region of a
+label image (e.g. the template's ventricles, white matter, cortex) and :func:`concentration`
+measures how much of it falls inside a mask against masks shifted at random (the baseline).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.visualize import GradCAM, OcclusionSensitivity
+from scipy import ndimage
+from torch import nn
+
+from medcl.augment import eval_view
+from medcl.augment.params import identity_view
+from medcl.data.demo import load_template
+from medcl.data.register import template_grid
+
+__all__ = ["METHODS", "ClassScores", "view_saliency", "view_to_image", "image_to_scan", "region_means",
+           "concentration", "template_regions", "explain_examples"]
+
+METHODS = ("occlusion", "gradcam")
+
+
+class ClassScores(nn.Module):
+    """``(B, 1, S, S, S)`` views -> ``(B, C)`` class logits of ``head`` on ``encoder``'s features
+    (divided by the head's temperature: the calibrated logits)."""
+
+    def __init__(self, encoder: nn.Module, head):
+        super().__init__()
+        self.encoder = encoder
+        self.register_buffer("mean", torch.as_tensor(head.mean_, dtype=torch.float32))
+        self.register_buffer("weight", torch.as_tensor(head.weight_, dtype=torch.float32))
+        self.register_buffer("bias", torch.as_tensor(head.bias_, dtype=torch.float32))
+        self.normalise, self.temperature = bool(head.normalise), float(getattr(head, "temperature", 1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.encoder(x) - self.mean
+        if self.normalise:
+            z = F.normalize(z, dim=1)
+        return (z @ self.weight.T + self.bias) / self.temperature
+
+
+def view_saliency(encoder: nn.Module, head, view: torch.Tensor, class_idx: int, method: str = "occlusion",
+                  mask_size: int | None = None, overlap: float = 0.5) -> np.ndarray:
+    """Saliency ``(S, S, S)`` of class ``class_idx``'s score on one view ``(1, S, S, S)``.
+    ``mask_size`` (occlusion): side of the occluding cube in voxels (default: a sixth of the view)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown saliency method {method!r}; known: {', '.join(METHODS)}")
+    model = ClassScores(encoder, head).eval()
+    x = torch.as_tensor(view, dtype=torch.float32)[None]
+    if method == "gradcam":
+        cam = GradCAM(model, target_layers="encoder.net.layer4")
+        with torch.enable_grad():
+            return cam(x.requires_grad_(True), class_idx=int(class_idx))[0, 0].detach().numpy()
+    size = int(mask_size or max(4, x.shape[-1] // 6))
+    occ = OcclusionSensitivity(model, mask_size=size, n_batch=32, verbose=False, mode="mean_img", overlap=overlap,
+                               activate=False)
+    with torch.no_grad():
+        base = float(model(x)[0, class_idx])
+        occluded, _ = occ(x)
+    # (B, N, *spatial) in MONAI 1.6 (older releases: (B, C, *spatial, N))
+    per_class = occluded[0, int(class_idx)] if occluded.ndim == x.ndim else occluded[0, 0, ..., int(class_idx)]
+    return (base - per_class).numpy()
+
+
+def view_to_image(saliency: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A view-space map back on the preprocessed image (shape of ``mask``): resized to the crop
+    box of the evaluation view (:func:`~medcl.augment.params.identity_view`), zero outside it."""
+    p = identity_view(np.asarray(mask, bool))
+    t = torch.as_tensor(np.asarray(saliency, np.float32))[None, None]
+    box = F.interpolate(t, size=tuple(int(n) for n in p.crop_size), mode="trilinear", align_corners=False)[0, 0]
+    out = np.zeros(mask.shape, np.float32)
+    out[tuple(slice(s, s + n) for s, n in zip(p.crop_start, p.crop_size))] = box.numpy()
+    return out
+
+
+def image_to_scan(image_map: np.ndarray, image_affine: np.ndarray, transform: np.ndarray,
+                  scan_shape: tuple, scan_affine: np.ndarray) -> np.ndarray:
+    """A map on the preprocessed image (voxel -> RAS ``image_affine``, template space when
+    registered) resampled onto the scan's own grid (``scan_shape``, voxel -> RAS ``scan_affine``)
+    through ``transform`` (scan RAS -> template RAS; the identity without registration)."""
+    m = np.linalg.inv(image_affine) @ np.asarray(transform, float) @ np.asarray(scan_affine, float)
+    return ndimage.affine_transform(np.asarray(image_map, np.float32), m[:3, :3], offset=m[:3, 3],
+                                    output_shape=tuple(int(n) for n in scan_shape[:3]), order=1, cval=0.0)
+
+
+def region_means(saliency: np.ndarray, regions: dict) -> dict:
+    """Mean saliency inside each boolean region mask (same shape); regions with no voxel: None."""
+    return {name: (float(saliency[m].mean()) if m.any() else None) for name, m in regions.items()}
+
+
+def concentration(saliency: np.ndarray, mask: np.ndarray, within: np.ndarray | None = None, n_shuffle: int = 200,
+                  seed: int = 0) -> dict:
+    """Mean positive saliency inside ``mask`` against the same mask shifted at random inside
+    ``within`` (the brain; default everywhere): ``{"inside", "baseline_mean", "baseline_95",
+    "fraction_above"}`` (``fraction_above``: shifts whose mean the real mask beats)."""
+    s = np.clip(np.asarray(saliency, float), 0, None)
+    mask = np.asarray(mask, bool)
+    within = np.ones(mask.shape, bool) if within is None else np.asarray(within, bool)
+    rng = np.random.default_rng(seed)
+    inside = float(s[mask].mean())
+    base = []
+    for _ in range(n_shuffle):
+        shift = [int(rng.integers(-n // 2, n // 2 + 1)) for n in mask.shape]
+        moved = np.roll(mask, shift, axis=(0, 1, 2)) & within
+        if moved.any():
+            base.append(float(s[moved].mean()))
+    base = np.array(base)
+    return {"inside": inside, "baseline_mean": float(base.mean()), "baseline_95": float(np.percentile(base, 95)),
+            "fraction_above": float(np.mean(inside > base))}
+
+
+def template_regions(image_shape: tuple, spacing: float, crop_margin: int) -> dict:
+    """Regions of the MNI template (ventricles, white matter, cortex, other brain) on the grid of
+    a scan registered to it and masked with its brain (``data.register`` + ``brain_mask:
+    template``: the scan is the template grid cropped to the brain's box plus ``crop_margin``)."""
+    grid, tpl = template_grid(spacing), load_template(spacing)
+    idx = np.argwhere(grid.brain)
+    lo = np.maximum(idx.min(0) - crop_margin, 0)
+    box = tuple(slice(int(a), int(a) + int(n)) for a, n in zip(lo, image_shape))
+    brain = grid.brain[box]
+    if brain.shape != tuple(image_shape) or tpl.gm.shape != grid.brain.shape:
+        raise ValueError(f"template regions: the scan grid {tuple(image_shape)} is not the template's crop")
+    ven = tpl.ventricles[box] & brain
+    wm, gm = (tpl.wm[box] > 0.5) & brain & ~ven, (tpl.gm[box] > 0.5) & brain & ~ven
+    return {"ventricles": ven, "white matter": wm, "cortex": gm, "other brain": brain & ~(ven | wm | gm)}
+
+
+def explain_examples(encoder, head, cohort, features, view_size: int, per_class: int = 1, method: str = "gradcam",
+                     regions: dict | None = None, seed: int = 0) -> list[dict]:
+    """Up to ``per_class`` correctly and ``per_class`` wrongly classified scans of each class
+    (by the head on ``features``, the cohort's embeddings): the saliency of the predicted class's
+    score on the preprocessed image, the image, and the mean saliency per region (``regions``:
+    boolean masks on the image grid) relative to the brain's (or image's) mean."""
+    labels = np.asarray(cohort.labels).astype(str)
+    pred = np.asarray(head.predict(features)).astype(str)
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in sorted(set(labels)):
+        for correct in (True, False):
+            rows = np.flatnonzero((labels == c) & ((pred == c) == correct))
+            for i in rng.permutation(rows)[:per_class]:
+                image, mask = cohort.image(int(i)), cohort.mask(int(i))
+                k = int(np.flatnonzero(np.asarray(head.classes_).astype(str) == pred[i])[0])
+                sal = view_to_image(view_saliency(encoder, head, eval_view(image, mask, view_size), k, method), mask)
+                out.append({"label": c, "predicted": str(pred[i]), "correct": correct, "image": image,
+                            "saliency": sal, "regions": _relative(sal, mask, regions)})
+    return out
+
+
+def _relative(sal: np.ndarray, mask: np.ndarray, regions: dict | None) -> dict:
+    """Mean saliency per region divided by the mean inside ``mask`` (1: no preference); ``None``
+    for every region when the map is zero inside the mask (Grad-CAM found no positive evidence)."""
+    if not regions:
+        return {}
+    ref = float(np.abs(sal[mask]).mean())
+    return {k: (None if v is None or ref == 0 else v / ref) for k, v in region_means(sal, regions).items()}

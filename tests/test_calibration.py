@@ -1,0 +1,82 @@
+"""Temperature scaling fitted on the support set alone (medcl.fewshot.calibrate), and the
+calibrated LinearHead that is registered.
+
+Oracle: predictions drawn from known probabilities and reported four times too sharp, so the
+right temperature is 4; and episodes of a real head on features where the cosine prototype head's
+fixed temperature is overconfident, where ECE must drop."""
+
+import numpy as np
+import pytest
+
+from medcl.config import load_config
+from medcl.fewshot.calibrate import (apply_temperature, episode_temperatures, fit_temperatures, support_folds,
+                                     support_temperature)
+from medcl.fewshot.episodes import sample_episode_batch
+from medcl.fewshot.heads import LinearHead, make_head
+from medcl.fewshot.ops import softmax
+from medcl.fewshot.suite import evaluate_features
+
+
+def test_a_known_temperature_is_recovered():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(3, 4000, 3))                        # three episodes, true logits
+    p_true = softmax(z)
+    y = (rng.random((3, 4000, 1)) > p_true.cumsum(-1)).sum(-1)
+    T = fit_temperatures(softmax(4.0 * z), y, np.ones((3, 3), bool), smoothing=0.0)
+    assert T == pytest.approx([4.0] * 3, rel=0.1)
+    assert np.allclose(apply_temperature(softmax(4.0 * z), 4.0), p_true, atol=1e-9)
+
+
+def test_every_support_scan_is_held_out_once_by_a_head_that_never_saw_it():
+    labels, subjects = np.repeat(["a", "b", "c"], 6), np.arange(18)
+    batch = sample_episode_batch(labels, subjects, k_shot=4, n_query=2, n_episodes=5, seed=1)
+    folds = support_folds(batch)
+    assert folds.n_episodes == 20 and folds.k_shot == 3
+    for e in range(5):
+        held = folds.query[e * 4:(e + 1) * 4].ravel()
+        assert sorted(held) == sorted(batch.support[e])
+        for j in range(4):
+            assert not set(folds.query[e * 4 + j]) & set(folds.support[e * 4 + j])
+            assert set(labels[folds.query[e * 4 + j]]) == {"a", "b", "c"}       # one per class
+    with pytest.raises(ValueError, match="K >= 2"):
+        support_folds(sample_episode_batch(labels, subjects, 1, 2, 3, 0))
+
+
+def _features(n_per_class=20, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1, 2], n_per_class)
+    X = rng.normal(size=(len(y), 16)) + 0.9 * np.eye(3, 16)[y]             # overlapping classes
+    return X, np.array(["atrophy", "healthy", "lesion"])[y], np.array([f"s{i:03d}" for i in range(len(y))])
+
+
+def test_calibration_lowers_the_ece_of_an_overconfident_head_on_the_same_episodes():
+    X, labels, subjects = _features()
+    cfg = load_config(None, ["fewshot.shots=[1,5]", "fewshot.n_episodes=200", "fewshot.heads=[prototype]",
+                             "fewshot.baselines=[]", "fewshot.probe=false", "fewshot.budget_method=none",
+                             "fewshot.embedding_map=none", "fewshot.curve_shots=[]", "fewshot.n_boot=100"])
+    out = evaluate_features(cfg, {"pretrained": X}, labels, subjects)
+    k5, k1 = out.calibration["5"], out.calibration["1"]
+    assert k5["after"]["ece"] < 0.6 * k5["before"]["ece"] and k5["temperature"][1] > 1.5
+    assert k1["method"].startswith("none") and k1["after"]["ece"] == pytest.approx(k1["before"]["ece"])
+    assert any(name.endswith("prototype, calibrated") for name in out.reliability)
+
+
+def test_the_registered_head_carries_its_temperature_and_old_heads_still_load(tmp_path):
+    X, labels, subjects = _features()
+    T = support_temperature("prototype", X[::4], labels[::4], subjects[::4])
+    assert T > 1.5
+    folds_T = episode_temperatures("prototype", X, sample_episode_batch(labels, subjects, 5, 5, 1, 0), subjects)
+    assert folds_T.shape == (1,)
+    head = make_head("prototype").fit(X[::4], labels[::4]).to_linear()
+    raw = head.predict_proba(X)
+    head.temperature = T
+    head.save(tmp_path / "head.npz")
+    back = LinearHead.load(tmp_path / "head.npz")
+    assert back.temperature == T and np.allclose(back.predict_proba(X), apply_temperature(raw, T))
+    assert (back.predict(X) == make_head("prototype").fit(X[::4], labels[::4]).predict(X)).all()
+    old = tmp_path / "old.npz"
+    with open(old, "wb") as f:                                                # a head saved before calibration
+        np.savez(f, classes=head.classes_, mean=head.mean_, weight=head.weight_, bias=head.bias_, normalise=True)
+    assert LinearHead.load(old).temperature == 1.0 and np.allclose(LinearHead.load(old).predict_proba(X), raw)
+    with pytest.raises(ValueError, match="temperature"):
+        LinearHead(head.classes_, head.mean_, head.weight_, head.bias_, True, temperature=0.0)
