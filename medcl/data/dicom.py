@@ -35,7 +35,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from medcl.data import dicomfast
-from medcl.data.dicom_geometry import LPS_TO_RAS, Frame, directions, plan_volume
+from medcl.data.dicom_geometry import LPS_TO_RAS, Frame, directions, plan_volume, written_precision
 from medcl.data.errors import IngestError, check_size
 
 NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
@@ -113,6 +113,24 @@ def _floats(value, n: int) -> tuple[float, ...] | None:
     return out if len(out) == n and all(math.isfinite(v) for v in out) else None
 
 
+def _texts(value) -> list[str] | None:
+    """The values of a (multi-valued) element as written, or None."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return [str(value)]
+    return [str(v) for v in value]
+
+
+def precision(ipp: list[str] | None, iop: list[str] | None) -> dict:
+    """``position_precision`` and ``orientation_precision`` of a frame from the values as written
+    (:func:`medcl.data.dicom_geometry.written_precision`); 0 where they are missing."""
+    p = written_precision(ipp, 3) if ipp is not None else None
+    o = written_precision(iop, 6) if iop is not None else None
+    finer = [v for v in o or () if v < 0.5]          # "0", "1", "-1" are exact (an axis-aligned cosine)
+    return {"position_precision": p or (0.0, 0.0, 0.0), "orientation_precision": min(finer) if finer else 0.0}
+
+
 def _first(ds: Dataset, name: str):
     seq = ds.get(name)
     return seq[0] if seq is not None and len(seq) else None
@@ -144,7 +162,9 @@ def frames_of(ds: Dataset, path: str) -> list[Frame]:
         position=_floats(ds.get("ImagePositionPatient"), 3),
         slope=float(ds.get("RescaleSlope", 1.0) or 1.0), intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
         echo=f"{echo}|{ds.get('EchoTime', '')}", temporal=str(temporal),
-        mosaic="MOSAIC" in image_type, n_frames=n_frames, **common) for i in range(n_frames)]
+        mosaic="MOSAIC" in image_type, n_frames=n_frames,
+        **precision(_texts(ds.get("ImagePositionPatient")), _texts(ds.get("ImageOrientationPatient"))),
+        **common) for i in range(n_frames)]
 
 
 def _enhanced_frames(ds: Dataset, common: dict, n_frames: int) -> list[Frame]:
@@ -161,10 +181,11 @@ def _enhanced_frames(ds: Dataset, common: dict, n_frames: int) -> list[Frame]:
                     return _first(grp, name)
             return Dataset()
         pvt, echo, content = item("PixelValueTransformationSequence"), item("MREchoSequence"), item("FrameContentSequence")
+        ipp = item("PlanePositionSequence").get("ImagePositionPatient")
+        iop = item("PlaneOrientationSequence").get("ImageOrientationPatient")
         frames.append(Frame(
             frame=i, spacing=_floats(item("PixelMeasuresSequence").get("PixelSpacing"), 2),
-            orientation=_floats(item("PlaneOrientationSequence").get("ImageOrientationPatient"), 6),
-            position=_floats(item("PlanePositionSequence").get("ImagePositionPatient"), 3),
+            orientation=_floats(iop, 6), position=_floats(ipp, 3), **precision(_texts(ipp), _texts(iop)),
             slope=float(pvt.get("RescaleSlope", 1.0) or 1.0), intercept=float(pvt.get("RescaleIntercept", 0.0) or 0.0),
             echo=str(echo.get("EffectiveEchoTime", "")), stack=str(content.get("StackID", "")),
             temporal=str(content.get("TemporalPositionIndex", "")), n_frames=n_frames, **common))
@@ -186,6 +207,9 @@ def _fast_frames(v: dict, path: str) -> list[Frame] | None:
         text = v.get(key)
         return None if text is None else _floats(text.split("\\"), n)
 
+    def texts(key: str):
+        return None if v.get(key) is None else v[key].split("\\")
+
     try:
         slope = float(v.get("RescaleSlope") or 1.0) or 1.0
         intercept = float(v.get("RescaleIntercept") or 0.0)
@@ -198,7 +222,8 @@ def _fast_frames(v: dict, path: str) -> list[Frame] | None:
         spacing=nums("PixelSpacing", 2), orientation=nums("ImageOrientationPatient", 6),
         position=nums("ImagePositionPatient", 3), slope=slope, intercept=intercept,
         echo=f"{v.get('EchoNumbers', '')}|{v.get('EchoTime', '')}",
-        temporal=v.get("TemporalPositionIdentifier", "") or v.get("AcquisitionNumber", ""), n_frames=1)]
+        temporal=v.get("TemporalPositionIdentifier", "") or v.get("AcquisitionNumber", ""), n_frames=1,
+        **precision(texts("ImagePositionPatient"), texts("ImageOrientationPatient")))]
 
 
 def _fast_pixels(v: dict, buf: bytes) -> np.ndarray | None:
