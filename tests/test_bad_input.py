@@ -293,6 +293,10 @@ def sform_absurd_scale(src, block):
     _patched_nii(src, "sbig", x=((280, "<f"), 4e4))
 
 
+def sform_code_out_of_range(src, block):
+    _patched_nii(src, "code", s=((254, "<h"), 7))
+
+
 def scl_slope_infinite(src, block):
     _patched_nii(src, "slinf", sl=((112, "<f"), float("inf")))
 
@@ -442,6 +446,7 @@ CASES = {
     "sform_not_invertible": (sform_not_invertible, r"non-invertible sform affine"),
     "sform_with_nan": (sform_with_nan, r"NaN or infinite value in the sform affine"),
     "sform_absurd_scale": (sform_absurd_scale, r"implausible voxel size in the sform affine"),
+    "sform_code_out_of_range": (sform_code_out_of_range, r"invalid sform_code 7 in the header \(NIfTI-1 allows 0-4\)"),
     "scl_slope_infinite": (scl_slope_infinite, r"invalid intensity scaling in the header \(scl_slope inf"),
     "complex_voxels": (complex_voxels, r"complex64 voxels: a scan must hold one real number per voxel"),
     "rgb_voxels": (rgb_voxels, r"colour \(RGB\) image"),

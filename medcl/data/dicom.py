@@ -281,7 +281,7 @@ def decoder_problem(transfer_syntax: str) -> str | None:
 
     uid = UID(transfer_syntax)
     if not uid.is_transfer_syntax:
-        return f"unknown transfer syntax {transfer_syntax}"
+        return f"unknown transfer syntax {re.sub(r'[^0-9A-Za-z.]', '?', transfer_syntax)[:64]}"
     try:
         decoder = get_decoder(uid)
     except NotImplementedError:

@@ -73,6 +73,9 @@ def geometry_problem(header, shape: tuple[int, ...]) -> str | None:
         return None                                   # not a NIfTI-1/2 header (e.g. ANALYZE): nibabel's affine
     if not np.isfinite(slope) or (slope != 0 and not np.isfinite(inter)):
         return f"invalid intensity scaling in the header (scl_slope {slope:g}, scl_inter {inter:g})"
+    for name, code in (("sform_code", scode), ("qform_code", qcode)):
+        if not 0 <= code <= 4:                        # nibabel would drop the form silently
+            return f"invalid {name} {code} in the header (NIfTI-1 allows 0-4)"
     if scode == 0 or qcode > 0:                       # pixdim is the voxel size of the grid in use
         problem = _pixdim_problem(pixdim, scale)
         if problem:

@@ -7,8 +7,10 @@ header, before the voxels are read (:func:`medcl.data.errors.check_size`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -40,7 +42,8 @@ def load_nifti(path: Path, cfg: DataConfig | None = None) -> tuple[np.ndarray, n
     """(3D float32 voxels, 4x4 affine) of a NIfTI file, or IngestError."""
     cfg = cfg or DataConfig()
     try:
-        img = nib.load(str(path))
+        with _nibabel_quiet():
+            img = nib.load(str(path))
         shape = img.shape
     except Exception as exc:  # nibabel raises many types for broken files
         raise IngestError(f"unreadable NIfTI ({type(exc).__name__}: {dicom.scrub(str(exc)) or 'no detail'})") from None
@@ -64,6 +67,19 @@ def load_nifti(path: Path, cfg: DataConfig | None = None) -> tuple[np.ndarray, n
     affine = np.array(img.affine, float)
     affine[:3] *= nifti_header.unit_scale(stored)          # metres or micrometres to mm
     return reduce_4d(data, cfg.policy_4d), affine
+
+
+@contextlib.contextmanager
+def _nibabel_quiet():
+    """nibabel logs the header fixes it makes on load ("setting 0 dims to 1", "sizeof_hdr should
+    be 348") to stderr; medcl checks the header as stored and names what it refuses instead."""
+    log = logging.getLogger("nibabel.global")
+    was = log.disabled
+    log.disabled = True
+    try:
+        yield
+    finally:
+        log.disabled = was
 
 
 def _raw_header(path: Path, img):
