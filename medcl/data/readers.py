@@ -61,7 +61,8 @@ def load_nifti(path: Path, cfg: DataConfig | None = None) -> tuple[np.ndarray, n
     try:
         proxy = img.dataobj
         raw = proxy[..., 0] if len(shape) == 4 and cfg.policy_4d == "first" else proxy
-        data = np.asarray(raw, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):   # scaled past float32: Inf, refused by preprocess
+            data = np.asarray(raw, dtype=np.float32)
     except Exception as exc:
         raise IngestError(f"unreadable NIfTI voxels ({type(exc).__name__}: {dicom.scrub(str(exc)) or 'no detail'})") from None
     affine = np.array(img.affine, float)
