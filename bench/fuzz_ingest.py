@@ -279,7 +279,7 @@ def fuzz(n: int, seed: int, workers: int, timeout: float, work: Path) -> dict:
     for i in range(n):
         todo.put(i)
     lock = threading.Lock()
-    out = {"stats": Counter(), "reasons": Counter(), "failures": [], "times": []}
+    out = {"stats": Counter(), "reasons": Counter(), "examples": {}, "failures": [], "times": []}
 
     def serve() -> None:
         worker = Worker()
@@ -298,7 +298,9 @@ def fuzz(n: int, seed: int, workers: int, timeout: float, work: Path) -> dict:
             with lock:
                 out["stats"][f"{kind}/{op}"] += 1
                 out["times"].append(elapsed)
-                out["reasons"].update(_reason_kind(r) for r in (payload["reasons"] if status == "ok" else []))
+                for r in payload["reasons"] if status == "ok" else []:
+                    out["reasons"][_reason_kind(r)] += 1
+                    out["examples"].setdefault(_reason_kind(r), r)
                 out["failures"] += [{"case": i, "seed": kind, "mutation": op, "problem": b} for b in check(status, payload)]
             shutil.rmtree(case, ignore_errors=True)
         worker.stop()
@@ -314,7 +316,8 @@ def fuzz(n: int, seed: int, workers: int, timeout: float, work: Path) -> dict:
             "seconds": round(time.perf_counter() - t0, 1), "failures": out["failures"],
             "case_seconds": {"median": round(float(np.median(times)), 4), "max": round(float(np.max(times)), 3)},
             "by_seed_and_mutation": dict(sorted(out["stats"].items())),
-            "distinct_reason_kinds": len(out["reasons"]), "reasons": out["reasons"].most_common()}
+            "distinct_reason_kinds": len(out["reasons"]), "reasons": out["reasons"].most_common(),
+            "examples": out["examples"]}
 
 
 def _reason_kind(reason: str) -> str:

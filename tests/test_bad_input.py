@@ -374,13 +374,29 @@ def single_slice_dicom(src, block):
 def rescale_slope_not_a_number(src, block):
     import struct
 
-    thick = mni_block(step=4, box=(slice(4, 44), slice(4, 54), slice(12, 28)))
-    files = _series(src, thick, name="good_series")   # the other 15 slices still make a volume
+    files = _series(src, _thick(), name="good_series")   # the other 15 slices still make a volume
     raw = bytearray(files[0].read_bytes())
     at = raw.index(b"\x28\x00\x53\x10DS")                 # (0028,1053) RescaleSlope, explicit VR
     n = struct.unpack_from("<H", raw, at + 6)[0]
     raw[at + 8:at + 8 + n] = b"abc".ljust(n)
     files[0].write_bytes(bytes(raw))
+    return {"expect_good": 2}
+
+
+def _thick():
+    """16 axial slices: one slice less still makes a volume at data.spacing=6."""
+    return mni_block(step=4, box=(slice(4, 44), slice(4, 54), slice(12, 28)))
+
+
+def number_of_frames_huge(src, block):
+    files = _series(src, _thick(), name="good_series")
+    _edit(files[0], NumberOfFrames=2**31)         # a frame count no file holds (the fuzzer's hang)
+    return {"expect_good": 2}
+
+
+def number_of_frames_negative(src, block):
+    files = _series(src, _thick(), name="good_series")
+    _edit(files[-1], NumberOfFrames=-1)           # dropped every frame of the file before
     return {"expect_good": 2}
 
 
@@ -462,6 +478,8 @@ CASES = {
     "dicom_4d_series": (dicom_4d_series, r"4D series: 2 volumes"),
     "single_slice_dicom": (single_slice_dicom, r"2D image: 1 slice\(s\)"),
     "rescale_slope_not_a_number": (rescale_slope_not_a_number, r"invalid DICOM header|unreadable DICOM"),
+    "number_of_frames_huge": (number_of_frames_huge, r"NumberOfFrames \(0028,0008\) is 2147483648: more frames than the file's \d+ bytes hold"),
+    "number_of_frames_negative": (number_of_frames_negative, r"NumberOfFrames \(0028,0008\) is -1: an image has at least one frame"),
     "multiframe_without_positions": (multiframe_without_positions, r"multi-frame image whose 4 frames share one position"),
     "foreground_thinner_than_a_view": (foreground_thinner_than_a_view, r"foreground thinner than the smallest view: [123] voxel\(s\) along axis 2 at data.spacing=6 mm"),
 }

@@ -35,7 +35,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from medcl.data import dicomfast
-from medcl.data.dicom_geometry import LPS_TO_RAS, Frame, directions, plan_volume, written_precision
+from medcl.data.dicom_geometry import LPS_TO_RAS, Frame, directions, plan_volume, precision, texts_of
 from medcl.data.errors import IngestError, check_size
 
 NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
@@ -69,7 +69,36 @@ class NotDicom(Exception):
 def scrub(message: str) -> str:
     """First line of an exception message with quoted values removed (they may be PHI)."""
     line = (message.splitlines() or [""])[0]
-    return _QUOTED.sub("<value>", line)[:160]
+    return printable(_QUOTED.sub("<value>", line), 160)
+
+
+def printable(text: str, limit: int = 64) -> str:
+    """``text`` with anything but printable ASCII as ``?``, cut to ``limit`` characters: a value
+    from a damaged header (a UID run into the next elements) stays one readable line."""
+    return re.sub(r"[^\x20-\x7e]", "?", text)[:limit]
+
+
+def frame_count(ds: Dataset, path: str) -> int:
+    """NumberOfFrames (0028,0008), checked: a number, at least 1, and no more frames than the
+    file's bytes can hold (a frame takes at least 8 bytes, uncompressed its full size)."""
+    try:
+        n = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError, OverflowError):
+        raise IngestError("NumberOfFrames (0028,0008) is not a number") from None
+    shown = str(n) if len(str(n)) <= 20 else str(n)[:16] + "..."
+    if n < 1:
+        raise IngestError(f"NumberOfFrames (0028,0008) is {shown}: an image has at least one frame")
+    try:
+        size = Path(path).stat().st_size
+    except OSError as exc:
+        raise IngestError(_os_reason(exc)) from None
+    meta = getattr(ds, "file_meta", None)
+    native = meta is None or str(meta.get("TransferSyntaxUID", "")) in NATIVE_LITTLE_ENDIAN
+    per = max(int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0) * (int(ds.get("BitsAllocated") or 8) // 8), 1) \
+        if native else 8
+    if n * per > size:
+        raise IngestError(f"NumberOfFrames (0028,0008) is {shown}: more frames than the file's {size} bytes hold")
+    return n
 
 
 def has_dicom_magic(path: Path) -> bool:
@@ -113,24 +142,6 @@ def _floats(value, n: int) -> tuple[float, ...] | None:
     return out if len(out) == n and all(math.isfinite(v) for v in out) else None
 
 
-def _texts(value) -> list[str] | None:
-    """The values of a (multi-valued) element as written, or None."""
-    if value is None:
-        return None
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        return [str(value)]
-    return [str(v) for v in value]
-
-
-def precision(ipp: list[str] | None, iop: list[str] | None) -> dict:
-    """``position_precision`` and ``orientation_precision`` of a frame from the values as written
-    (:func:`medcl.data.dicom_geometry.written_precision`); 0 where they are missing."""
-    p = written_precision(ipp, 3) if ipp is not None else None
-    o = written_precision(iop, 6) if iop is not None else None
-    finer = [v for v in o or () if v < 0.5]          # "0", "1", "-1" are exact (an axis-aligned cosine)
-    return {"position_precision": p or (0.0, 0.0, 0.0), "orientation_precision": min(finer) if finer else 0.0}
-
-
 def _first(ds: Dataset, name: str):
     seq = ds.get(name)
     return seq[0] if seq is not None and len(seq) else None
@@ -143,7 +154,7 @@ def frames_of(ds: Dataset, path: str) -> list[Frame]:
     if sop == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
         raise NotDicom(path)   # a DICOMDIR index: not an image, ignored
     if "Rows" not in ds or "Columns" not in ds:
-        name = UID(sop).name if sop else "no SOP class"
+        name = printable(UID(sop).name) if sop else "no SOP class"
         raise IngestError(f"non-image DICOM ({name}): no pixel rows or columns")
     image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or []))
     common = dict(
@@ -151,7 +162,7 @@ def frames_of(ds: Dataset, path: str) -> list[Frame]:
         modality=str(ds.get("Modality", "")), description=str(ds.get("SeriesDescription", "")),
         image_type=image_type, sop_class=sop, rows=int(ds.Rows), cols=int(ds.Columns),
     )
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = frame_count(ds, path)
     if "PerFrameFunctionalGroupsSequence" in ds:
         return _enhanced_frames(ds, common, n_frames)
     echo = ds.get("EchoNumbers", "")
@@ -163,7 +174,7 @@ def frames_of(ds: Dataset, path: str) -> list[Frame]:
         slope=float(ds.get("RescaleSlope", 1.0) or 1.0), intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
         echo=f"{echo}|{ds.get('EchoTime', '')}", temporal=str(temporal),
         mosaic="MOSAIC" in image_type, n_frames=n_frames,
-        **precision(_texts(ds.get("ImagePositionPatient")), _texts(ds.get("ImageOrientationPatient"))),
+        **precision(texts_of(ds.get("ImagePositionPatient")), texts_of(ds.get("ImageOrientationPatient"))),
         **common) for i in range(n_frames)]
 
 
@@ -185,7 +196,7 @@ def _enhanced_frames(ds: Dataset, common: dict, n_frames: int) -> list[Frame]:
         iop = item("PlaneOrientationSequence").get("ImageOrientationPatient")
         frames.append(Frame(
             frame=i, spacing=_floats(item("PixelMeasuresSequence").get("PixelSpacing"), 2),
-            orientation=_floats(iop, 6), position=_floats(ipp, 3), **precision(_texts(ipp), _texts(iop)),
+            orientation=_floats(iop, 6), position=_floats(ipp, 3), **precision(texts_of(ipp), texts_of(iop)),
             slope=float(pvt.get("RescaleSlope", 1.0) or 1.0), intercept=float(pvt.get("RescaleIntercept", 0.0) or 0.0),
             echo=str(echo.get("EffectiveEchoTime", "")), stack=str(content.get("StackID", "")),
             temporal=str(content.get("TemporalPositionIndex", "")), n_frames=n_frames, **common))
@@ -281,7 +292,7 @@ def decoder_problem(transfer_syntax: str) -> str | None:
 
     uid = UID(transfer_syntax)
     if not uid.is_transfer_syntax:
-        return f"unknown transfer syntax {re.sub(r'[^0-9A-Za-z.]', '?', transfer_syntax)[:64]}"
+        return f"unknown transfer syntax {printable(transfer_syntax)}"
     try:
         decoder = get_decoder(uid)
     except NotImplementedError:

@@ -65,7 +65,25 @@ def written_precision(texts, n: int) -> tuple[float, ...] | None:
         return None
     if len(exps) != n or not all(isinstance(e, int) for e in exps):
         return None
-    return tuple(0.5 * 10.0 ** e for e in exps)
+    return tuple(0.5 * 10.0 ** min(e, 300) for e in exps)
+
+
+def texts_of(value) -> list[str] | None:
+    """The values of a (multi-valued) element as written, or None."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return [str(value)]
+    return [str(v) for v in value]
+
+
+def precision(ipp: list[str] | None, iop: list[str] | None) -> dict:
+    """``position_precision`` and ``orientation_precision`` of a frame from the values as written
+    (:func:`written_precision`); 0 where they are missing."""
+    p = written_precision(ipp, 3) if ipp is not None else None
+    o = written_precision(iop, 6) if iop is not None else None
+    finer = [v for v in o or () if v < 0.5]          # "0", "1", "-1" are exact (an axis-aligned cosine)
+    return {"position_precision": p or (0.0, 0.0, 0.0), "orientation_precision": min(finer) if finer else 0.0}
 
 
 # ------------------------------------------------------------------------------- selecting
