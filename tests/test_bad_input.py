@@ -339,6 +339,17 @@ def gantry_tilt(src, block):
     write_series(vol, tilted, src / "tilt", identity={"PatientID": "PID-BAD-1"})
 
 
+def one_slice_shifted_sideways(src, block):
+    files = _series(src, block)
+    ds = pydicom.dcmread(files[5])
+    ipp = [float(v) for v in ds.ImagePositionPatient]
+    _edit(files[5], ImagePositionPatient=[ipp[0] + 3.0, ipp[1], ipp[2]])
+
+
+def negative_dimension(src, block):
+    _patched_nii(src, "negdim", d=((46, "<h"), -1))
+
+
 def orientation_not_orthonormal(src, block):
     for f in _series(src, block):
         _edit(f, ImageOrientationPatient=[1, 0, 0, 0.5, 0.5, 0])
@@ -471,7 +482,9 @@ CASES = {
     "voxel_offset_past_the_end": (voxel_offset_past_the_end, r"unreadable NIfTI"),
     "unknown_datatype_code": (unknown_datatype_code, r"unreadable NIfTI"),
     "huge_dimensions_in_header": (huge_dimensions_in_header, r"volume too large: \(30000, 30000, 30000\)"),
-    "gantry_tilt": (gantry_tilt, r"drift .* sideways .* \(15\.0 degrees: a gantry-tilted or sheared series"),
+    "gantry_tilt": (gantry_tilt, r"slice \d+ lies .* sideways of the first, .* \(15\.0 degrees: a gantry-tilted or sheared"),
+    "one_slice_shifted_sideways": (one_slice_shifted_sideways, r"not stacked along the slice normal: slice 5 lies 3\.00 mm sideways"),
+    "negative_dimension": (negative_dimension, r"invalid image dimensions in the header: shape \(24, 24, -1\)"),
     "orientation_not_orthonormal": (orientation_not_orthonormal, r"not two orthonormal direction cosines"),
     "orientation_with_five_values": (orientation_with_five_values, r"without ImageOrientationPatient"),
     "colour_dicom": (colour_dicom, r"colour image \(RGB\): a scan must be greyscale"),

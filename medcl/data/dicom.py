@@ -406,7 +406,10 @@ def _load_series(members: list[tuple[str, int]], min_slices: int, policy_4d: str
             del buf
             ds = read_dataset(Path(p), pixels=True)
             sources[p] = ("pydicom", ds)
-            fast = frames_of(ds, p)
+            try:
+                fast = frames_of(ds, p)
+            except (TypeError, ValueError, OverflowError) as exc:   # as read_frames words it
+                raise IngestError(f"invalid DICOM header ({type(exc).__name__}: {scrub(str(exc))})") from None
         frames.extend(f for f in fast if (f.path, f.frame) in wanted)
     if len(frames) != len(wanted):
         raise IngestError("the series changed on disk while it was read")

@@ -247,10 +247,10 @@ def check_stacked(pos: np.ndarray, normal: np.ndarray, prec: np.ndarray, orient_
     allowed = 2 * float(np.linalg.norm(prec)) + 2 * np.sqrt(3) * orient_prec * reach + slack(even)
     k = int(np.argmax(drift - allowed))
     if drift[k] > allowed[k]:
-        angle = float(np.degrees(np.arctan2(drift[-1], max(reach[-1], 1e-9))))
-        raise IngestError(f"slice positions are not stacked along the slice normal: they drift {drift[-1]:.2f} mm "
-                          f"sideways over {reach[-1]:.1f} mm ({angle:.1f} degrees: a gantry-tilted or sheared "
-                          f"series, not resampled)")
+        angle = float(np.degrees(np.arctan2(drift[k], max(reach[k], 1e-9))))
+        raise IngestError(f"slice positions are not stacked along the slice normal: slice {k} lies {drift[k]:.2f} mm "
+                          f"sideways of the first, {reach[k]:.1f} mm along the normal ({angle:.1f} degrees: a "
+                          f"gantry-tilted or sheared series, not resampled)")
 
 
 def _apply_4d_policy(volumes: list, policy: str, what: str) -> list:

@@ -47,6 +47,8 @@ def load_nifti(path: Path, cfg: DataConfig | None = None) -> tuple[np.ndarray, n
         shape = img.shape
     except Exception as exc:  # nibabel raises many types for broken files
         raise IngestError(f"unreadable NIfTI ({type(exc).__name__}: {dicom.scrub(str(exc)) or 'no detail'})") from None
+    if any(int(n) < 1 for n in shape):
+        raise IngestError(f"invalid image dimensions in the header: shape {tuple(int(n) for n in shape)}")
     if len(shape) < 3 or min(shape[:3]) < 2:
         raise IngestError(f"2D image: shape {tuple(shape)}")
     stored = _raw_header(path, img)
