@@ -339,6 +339,13 @@ def gantry_tilt(src, block):
     write_series(vol, tilted, src / "tilt", identity={"PatientID": "PID-BAD-1"})
 
 
+def empty_bits_allocated(src, block):
+    for f in _series(src, block):
+        ds = pydicom.dcmread(f)
+        ds["BitsAllocated"].value = None          # present, empty (a TypeError escaped before)
+        ds.save_as(f)
+
+
 def one_slice_shifted_sideways(src, block):
     files = _series(src, block)
     ds = pydicom.dcmread(files[5])
@@ -483,6 +490,7 @@ CASES = {
     "unknown_datatype_code": (unknown_datatype_code, r"unreadable NIfTI"),
     "huge_dimensions_in_header": (huge_dimensions_in_header, r"volume too large: \(30000, 30000, 30000\)"),
     "gantry_tilt": (gantry_tilt, r"slice \d+ lies .* sideways of the first, .* \(15\.0 degrees: a gantry-tilted or sheared"),
+    "empty_bits_allocated": (empty_bits_allocated, r"cannot decode pixel data \(AttributeError: Missing required element: \(0028,0100\)"),
     "one_slice_shifted_sideways": (one_slice_shifted_sideways, r"not stacked along the slice normal: slice 5 lies 3\.00 mm sideways"),
     "negative_dimension": (negative_dimension, r"invalid image dimensions in the header: shape \(24, 24, -1\)"),
     "orientation_not_orthonormal": (orientation_not_orthonormal, r"not two orthonormal direction cosines"),

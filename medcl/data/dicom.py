@@ -312,7 +312,7 @@ def pixels(ds: Dataset) -> np.ndarray:
     problem = decoder_problem(ts)
     if problem:
         raise IngestError(problem)
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
+    if int(ds.get("SamplesPerPixel") or 1) != 1:
         raise IngestError(f"colour image ({ds.get('PhotometricInterpretation', '?')}): a scan must be greyscale")
     fast = _native_pixels(ds, ts)
     if fast is not None:
@@ -325,7 +325,7 @@ def pixels(ds: Dataset) -> np.ndarray:
 
 def _native_pixels(ds: Dataset, ts: str) -> np.ndarray | None:
     """Uncompressed little-endian 8/16-bit data straight from the bytes (PS3.5 8.1.1)."""
-    bits, stored, signed = int(ds.get("BitsAllocated", 0)), int(ds.get("BitsStored", 0)), int(ds.get("PixelRepresentation", 0))
+    bits, stored, signed = (int(ds.get(k) or 0) for k in ("BitsAllocated", "BitsStored", "PixelRepresentation"))
     if ts not in NATIVE_LITTLE_ENDIAN or bits not in (8, 16) or (signed and stored != bits):
         return None
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
