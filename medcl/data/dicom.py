@@ -38,7 +38,8 @@ from medcl.data import dicomfast
 from medcl.data.dicom_geometry import LPS_TO_RAS, Frame, directions, plan_volume, precision, texts_of
 from medcl.data.errors import IngestError, check_size
 
-NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+NATIVE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+NATIVE_LITTLE_ENDIAN = set(NATIVE)
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
@@ -73,8 +74,7 @@ def scrub(message: str) -> str:
 
 
 def printable(text: str, limit: int = 64) -> str:
-    """``text`` with anything but printable ASCII as ``?``, cut to ``limit`` characters: a value
-    from a damaged header (a UID run into the next elements) stays one readable line."""
+    """``text`` in printable ASCII (``?`` for the rest), at most ``limit`` characters: one line."""
     return re.sub(r"[^\x20-\x7e]", "?", text)[:limit]
 
 
@@ -82,18 +82,15 @@ def frame_count(ds: Dataset, path: str) -> int:
     """NumberOfFrames (0028,0008), checked: a number, at least 1, and no more frames than the
     file's bytes can hold (a frame takes at least 8 bytes, uncompressed its full size)."""
     try:
-        n = int(ds.get("NumberOfFrames", 1) or 1)
+        n, size = int(ds.get("NumberOfFrames", 1) or 1), Path(path).stat().st_size
     except (TypeError, ValueError, OverflowError):
         raise IngestError("NumberOfFrames (0028,0008) is not a number") from None
+    except OSError as exc:
+        raise IngestError(_os_reason(exc)) from None
     shown = str(n) if len(str(n)) <= 20 else str(n)[:16] + "..."
     if n < 1:
         raise IngestError(f"NumberOfFrames (0028,0008) is {shown}: an image has at least one frame")
-    try:
-        size = Path(path).stat().st_size
-    except OSError as exc:
-        raise IngestError(_os_reason(exc)) from None
-    meta = getattr(ds, "file_meta", None)
-    native = meta is None or str(meta.get("TransferSyntaxUID", "")) in NATIVE_LITTLE_ENDIAN
+    native = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", NATIVE[0])) in NATIVE_LITTLE_ENDIAN
     per = max(int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0) * (int(ds.get("BitsAllocated") or 8) // 8), 1) \
         if native else 8
     if n * per > size:
@@ -306,6 +303,13 @@ def decoder_problem(transfer_syntax: str) -> str | None:
 
 def pixels(ds: Dataset) -> np.ndarray:
     """Stored pixel values, (frames, rows, cols) or (rows, cols); IngestError with the reason."""
+    try:
+        return _pixels(ds)
+    except (NotImplementedError, KeyError, TypeError, ValueError, AttributeError) as exc:  # e.g. an unknown VR
+        raise IngestError(f"invalid DICOM header ({type(exc).__name__}: {scrub(str(exc))})") from None
+
+
+def _pixels(ds: Dataset) -> np.ndarray:
     if "PixelData" not in ds:
         raise IngestError("DICOM without PixelData (7FE0,0010)")
     ts = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")) if hasattr(ds, "file_meta") else "1.2.840.10008.1.2"
