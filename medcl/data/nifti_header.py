@@ -15,7 +15,6 @@ import numpy as np
 
 VOXEL_MM = (0.01, 100.0)          # plausible voxel edges: microscopy-grade MRI to the coarsest scout
 UNIT_MM = {0: 1.0, 1: 1000.0, 2: 1.0, 3: 0.001}   # xyzt_units & 7: unknown (read as mm), m, mm, um
-UNIT_NAMES = {1: "metres", 3: "micrometres"}
 
 
 def unit_scale(header) -> float:
