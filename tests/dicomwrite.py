@@ -70,12 +70,16 @@ def _base(identity: dict, sop_class: str, series_uid: str, study_uid: str, frame
 
 def write_series(volume: np.ndarray, affine: np.ndarray, out_dir: Path, identity: dict | None = None,
                  description: str = "T1w MPRAGE", modality: str = "MR", enhanced: bool = False,
-                 series_uid: str | None = None, study_uid: str | None = None) -> list[Path]:
+                 series_uid: str | None = None, study_uid: str | None = None,
+                 position_decimals: int | None = None, orientation_decimals: int | None = None) -> list[Path]:
     """Write ``volume`` (X, Y, Z; RAS ``affine``) as a series in ``out_dir``; returns the files.
 
     ``identity`` sets header fields (PatientName, PatientID, StudyDate, ...). Values are stored
     as int16 with a rescale slope and intercept. ``enhanced`` writes one Enhanced MR Image file
     with per-frame plane positions (PS3.3 C.7.6.16) instead of one file per slice.
+    ``position_decimals`` / ``orientation_decimals`` round ImagePositionPatient /
+    ImageOrientationPatient to that many decimals, as some scanners write them (default: as
+    precise as a Decimal String holds).
     """
     volume = np.asarray(volume)
     if volume.ndim != 3:
@@ -86,8 +90,11 @@ def write_series(volume: np.ndarray, affine: np.ndarray, out_dir: Path, identity
     iop, spacing, origin, step = geometry(affine)
     series_uid, study_uid, frame_uid = series_uid or generate_uid(), study_uid or generate_uid(), generate_uid()
     thickness = ds_str(np.linalg.norm(step))
-    iop_s, spacing_s = [ds_str(v) for v in iop], [ds_str(v) for v in spacing]
-    positions = [[ds_str(v) for v in origin + k * step] for k in range(volume.shape[2])]
+    def fmt(v, decimals):
+        return ds_str(v) if decimals is None else f"{float(v):.{decimals}f}"
+
+    iop_s, spacing_s = [fmt(v, orientation_decimals) for v in iop], [ds_str(v) for v in spacing]
+    positions = [[fmt(v, position_decimals) for v in origin + k * step] for k in range(volume.shape[2])]
     common = (identity or {}, series_uid, study_uid, frame_uid, description, modality)
     if enhanced:
         ds = _base(common[0], ENHANCED_MR_IMAGE_STORAGE, *common[1:])

@@ -241,6 +241,202 @@ def class_smaller_than_shots(src, block):
     return {"labels": "subject,label\ngood,a\nother,a\n", "shots": 2, "expect_good": 2}
 
 
+# --- NIfTI headers as stored (issue 13 item 2): fields patched in the bytes of a .nii (NIfTI-1
+# layout: dim at 40, datatype 70, pixdim 76, vox_offset 108, scl_slope 112, xyzt_units 123,
+# qform_code 252, sform_code 254, srow_x/y/z 280/296/312, magic 344)
+
+def _patched_nii(src: Path, name: str, data=None, affine=None, **fields) -> Path:
+    import struct
+
+    p = _nii(src / f"sub-{name}_T1w.nii", _head() if data is None else data, affine)
+    raw = bytearray(p.read_bytes())
+    for offset_fmt, value in fields.values():
+        offset, fmt = offset_fmt
+        struct.pack_into(fmt, raw, offset, *(value if isinstance(value, tuple) else (value,)))
+    p.write_bytes(bytes(raw))
+    return p
+
+
+def pixdim_zero_with_qform(src, block):
+    _patched_nii(src, "pd0", q=((252, "<h"), 1), pd=((88, "<f"), 0.0))
+
+
+def pixdim_negative(src, block):
+    _patched_nii(src, "pdneg", q=((252, "<h"), 1), pd=((84, "<f"), -2.0))
+
+
+def pixdim_nan(src, block):
+    _patched_nii(src, "pdnan", q=((252, "<h"), 1), pd=((80, "<f"), float("nan")))
+
+
+def pixdim_absurdly_large(src, block):
+    _patched_nii(src, "pdbig", q=((252, "<h"), 1), s=((254, "<h"), 0), pd=((80, "<f"), 5000.0))
+
+
+def pixdim_absurdly_small(src, block):
+    _patched_nii(src, "pdsmall", q=((252, "<h"), 1), s=((254, "<h"), 0), pd=((80, "<f"), 1e-5))
+
+
+def qform_and_sform_disagree(src, block):
+    _patched_nii(src, "qs", q=((252, "<h"), 1), t=((292, "<f"), 20.0))   # sform shifted 20 mm along x
+
+
+def sform_not_invertible(src, block):
+    _patched_nii(src, "sing", z=((312, "<4f"), (0.0, 0.0, 0.0, 0.0)))
+
+
+def sform_with_nan(src, block):
+    _patched_nii(src, "snan", x=((280, "<f"), float("nan")))
+
+
+def sform_absurd_scale(src, block):
+    _patched_nii(src, "sbig", x=((280, "<f"), 4e4))
+
+
+def sform_code_out_of_range(src, block):
+    _patched_nii(src, "code", s=((254, "<h"), 7))
+
+
+def scl_slope_infinite(src, block):
+    _patched_nii(src, "slinf", sl=((112, "<f"), float("inf")))
+
+
+def complex_voxels(src, block):
+    _nii(src / "sub-cplx_T1w.nii", _head().astype(np.complex64))
+
+
+def rgb_voxels(src, block):
+    rgb = np.zeros((24, 24, 24), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, np.diag([4.0, 4, 4, 1])), str(src / "sub-rgb_T1w.nii"))
+
+
+def five_d_image(src, block):
+    _nii(src / "sub-5d_T1w.nii.gz", _head()[..., None, None] * np.ones((1, 1, 1, 2, 2), np.float32))
+
+
+def wrong_magic(src, block):
+    _patched_nii(src, "magic", m=((344, "<4s"), b"xyz\0"))
+
+
+def voxel_offset_past_the_end(src, block):
+    _patched_nii(src, "off", v=((108, "<f"), 1e6))
+
+
+def unknown_datatype_code(src, block):
+    _patched_nii(src, "dtype", d=((70, "<h"), 1234))
+
+
+def huge_dimensions_in_header(src, block):
+    _patched_nii(src, "dims", d=((40, "<4h"), (3, 30000, 30000, 30000)))
+
+
+# --- DICOM as scanners (and broken software) write it
+
+def gantry_tilt(src, block):
+    vol, aff = block
+    tilted = aff.copy()
+    tilted[:3, 2] += np.tan(np.radians(15)) * np.linalg.norm(aff[:3, 2]) * aff[:3, 1] / np.linalg.norm(aff[:3, 1])
+    write_series(vol, tilted, src / "tilt", identity={"PatientID": "PID-BAD-1"})
+
+
+def empty_bits_allocated(src, block):
+    for f in _series(src, block):
+        ds = pydicom.dcmread(f)
+        ds["BitsAllocated"].value = None          # present, empty (a TypeError escaped before)
+        ds.save_as(f)
+
+
+def one_slice_shifted_sideways(src, block):
+    files = _series(src, block)
+    ds = pydicom.dcmread(files[5])
+    ipp = [float(v) for v in ds.ImagePositionPatient]
+    _edit(files[5], ImagePositionPatient=[ipp[0] + 3.0, ipp[1], ipp[2]])
+
+
+def negative_dimension(src, block):
+    _patched_nii(src, "negdim", d=((46, "<h"), -1))
+
+
+def orientation_not_orthonormal(src, block):
+    for f in _series(src, block):
+        _edit(f, ImageOrientationPatient=[1, 0, 0, 0.5, 0.5, 0])
+
+
+def orientation_with_five_values(src, block):
+    for f in _series(src, block):
+        _edit(f, ImageOrientationPatient=[1, 0, 0, 0, 1])
+
+
+def colour_dicom(src, block):
+    for f in _series(src, block):
+        ds = pydicom.dcmread(f)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = bytes(ds.Rows * ds.Columns * 3)
+        ds.save_as(f)
+
+
+def dicom_4d_series(src, block):
+    files = _series(src, block)
+    for f in files:
+        _copy_as_new_instance(f, f.with_name("t2_" + f.name), AcquisitionNumber=2)
+    for f in files:
+        _edit(f, AcquisitionNumber=1)
+
+
+def single_slice_dicom(src, block):
+    for f in _series(src, block)[1:]:
+        f.unlink()
+
+
+def rescale_slope_not_a_number(src, block):
+    import struct
+
+    files = _series(src, _thick(), name="good_series")   # the other 15 slices still make a volume
+    raw = bytearray(files[0].read_bytes())
+    at = raw.index(b"\x28\x00\x53\x10DS")                 # (0028,1053) RescaleSlope, explicit VR
+    n = struct.unpack_from("<H", raw, at + 6)[0]
+    raw[at + 8:at + 8 + n] = b"abc".ljust(n)
+    files[0].write_bytes(bytes(raw))
+    return {"expect_good": 2}
+
+
+def _thick():
+    """16 axial slices: one slice less still makes a volume at data.spacing=6."""
+    return mni_block(step=4, box=(slice(4, 44), slice(4, 54), slice(12, 28)))
+
+
+def number_of_frames_huge(src, block):
+    files = _series(src, _thick(), name="good_series")
+    _edit(files[0], NumberOfFrames=2**31)         # a frame count no file holds (the fuzzer's hang)
+    return {"expect_good": 2}
+
+
+def number_of_frames_negative(src, block):
+    files = _series(src, _thick(), name="good_series")
+    _edit(files[-1], NumberOfFrames=-1)           # dropped every frame of the file before
+    return {"expect_good": 2}
+
+
+def multiframe_without_positions(src, block):
+    vol, aff = block
+    files = _series(src, block)
+    ds = pydicom.dcmread(files[0])
+    ds.NumberOfFrames = 4
+    ds.PixelData = ds.PixelData * 4
+    for f in files:
+        f.unlink()
+    ds.save_as(src / "dcm" / "cine.dcm")
+
+
+# --- what ingest accepts must train (issue 13 item 3)
+
+def foreground_thinner_than_a_view(src, block):
+    d = np.zeros((40, 40, 40), np.float32)                  # a 12 mm slab: 2 voxels at data.spacing=6
+    d[5:35, 5:35, 17:23] = 100.0 + np.arange(30 * 30 * 6, dtype=np.float32).reshape(30, 30, 6) % 7
+    _nii(src / "sub-thin_T1w.nii.gz", d, np.diag([2.0, 2, 2, 1]))
+
+
 CASES = {
     "truncated_nii_gz": (truncated_nii_gz, r"unreadable NIfTI"),
     "zero_byte_file": (zero_byte_file, r"empty file \(0 bytes\)"),
@@ -275,11 +471,43 @@ CASES = {
     "label_csv_unknown_subject": (label_csv_unknown_subject, r"line 3: subject matches no scan found"),
     "conflicting_labels": (conflicting_labels, r"conflicting labels for its subject in labels.csv \(lines 3, 4\)"),
     "class_smaller_than_shots": (class_smaller_than_shots, r"class 'a' has 2 scan\(s\) of 2 subject\(s\): too few for 2-shot"),
+    "pixdim_zero_with_qform": (pixdim_zero_with_qform, r"zero or invalid voxel spacing in the header: pixdim\[3\] = 0"),
+    "pixdim_negative": (pixdim_negative, r"pixdim\[2\] = -2 \(must be positive\)"),
+    "pixdim_nan": (pixdim_nan, r"pixdim\[1\] is nan"),
+    "pixdim_absurdly_large": (pixdim_absurdly_large, r"implausible voxel size in the header: pixdim\[1\] = 5000 mm"),
+    "pixdim_absurdly_small": (pixdim_absurdly_small, r"implausible voxel size in the header: pixdim\[1\] = 1e-05 mm"),
+    "qform_and_sform_disagree": (qform_and_sform_disagree, r"qform and sform disagree by 20\.00 mm"),
+    "sform_not_invertible": (sform_not_invertible, r"non-invertible sform affine"),
+    "sform_with_nan": (sform_with_nan, r"NaN or infinite value in the sform affine"),
+    "sform_absurd_scale": (sform_absurd_scale, r"implausible voxel size in the sform affine"),
+    "sform_code_out_of_range": (sform_code_out_of_range, r"invalid sform_code 7 in the header \(NIfTI-1 allows 0-4\)"),
+    "scl_slope_infinite": (scl_slope_infinite, r"invalid intensity scaling in the header \(scl_slope inf"),
+    "complex_voxels": (complex_voxels, r"complex64 voxels: a scan must hold one real number per voxel"),
+    "rgb_voxels": (rgb_voxels, r"colour \(RGB\) image"),
+    "five_d_image": (five_d_image, r"expected a 3D image, got 5 dimensions"),
+    "wrong_magic": (wrong_magic, r"unreadable NIfTI"),
+    "voxel_offset_past_the_end": (voxel_offset_past_the_end, r"unreadable NIfTI"),
+    "unknown_datatype_code": (unknown_datatype_code, r"unreadable NIfTI"),
+    "huge_dimensions_in_header": (huge_dimensions_in_header, r"volume too large: \(30000, 30000, 30000\)"),
+    "gantry_tilt": (gantry_tilt, r"slice \d+ lies .* sideways of the first, .* \(15\.0 degrees: a gantry-tilted or sheared"),
+    "empty_bits_allocated": (empty_bits_allocated, r"cannot decode pixel data \(AttributeError: Missing required element: \(0028,0100\)"),
+    "one_slice_shifted_sideways": (one_slice_shifted_sideways, r"not stacked along the slice normal: slice 5 lies 3\.00 mm sideways"),
+    "negative_dimension": (negative_dimension, r"invalid image dimensions in the header: shape \(24, 24, -1\)"),
+    "orientation_not_orthonormal": (orientation_not_orthonormal, r"not two orthonormal direction cosines"),
+    "orientation_with_five_values": (orientation_with_five_values, r"without ImageOrientationPatient"),
+    "colour_dicom": (colour_dicom, r"colour image \(RGB\): a scan must be greyscale"),
+    "dicom_4d_series": (dicom_4d_series, r"4D series: 2 volumes"),
+    "single_slice_dicom": (single_slice_dicom, r"2D image: 1 slice\(s\)"),
+    "rescale_slope_not_a_number": (rescale_slope_not_a_number, r"invalid DICOM header|unreadable DICOM"),
+    "number_of_frames_huge": (number_of_frames_huge, r"NumberOfFrames \(0028,0008\) is 2147483648: more frames than the file's \d+ bytes hold"),
+    "number_of_frames_negative": (number_of_frames_negative, r"NumberOfFrames \(0028,0008\) is -1: an image has at least one frame"),
+    "multiframe_without_positions": (multiframe_without_positions, r"multi-frame image whose 4 frames share one position"),
+    "foreground_thinner_than_a_view": (foreground_thinner_than_a_view, r"foreground thinner than the smallest view: [123] voxel\(s\) along axis 2 at data.spacing=6 mm"),
 }
 
 
-def test_at_least_25_kinds():
-    assert len(CASES) >= 25
+def test_at_least_50_kinds():
+    assert len(CASES) >= 50
 
 
 @pytest.mark.parametrize("kind", sorted(CASES))

@@ -18,44 +18,11 @@ import pytest
 from medcl.config import DataConfig
 from medcl.data import dicom
 from dicomwrite import mni_block, reorient, rotation, write_series
+from support import TOL_MM, assert_same, dcm2niix, heudiconv_data, medcl_volume
 from medcl.data.ingest import preprocess, preprocess_file
 from medcl.data.sources import discover
 
-DCM2NIIX = Path(sys.executable).parent / "dcm2niix"
-TOL_MM = 1e-3
 CT5N = Path(pydicom.data.get_testdata_file("dicomdirtests/98892001/CT5N/2062")).parent
-
-
-def heudiconv_data() -> Path:
-    heudiconv = pytest.importorskip("heudiconv")
-    return Path(heudiconv.__file__).parent / "tests" / "data"
-
-
-def dcm2niix(src: Path, out: Path) -> nib.Nifti1Image:
-    """Convert ``src`` (a folder) with dcm2niix; the one NIfTI it writes."""
-    assert DCM2NIIX.exists(), "dcm2niix binary missing: pip install dcm2niix (the test extra has it)"
-    out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([str(DCM2NIIX), "-z", "n", "-b", "n", "-f", "ref", "-o", str(out), str(src)],
-                          capture_output=True, text=True, timeout=120)
-    files = sorted(out.glob("*.nii"))
-    assert len(files) == 1, proc.stdout[-1000:] + proc.stderr[-1000:]
-    return nib.load(files[0])
-
-
-def medcl_volume(src: Path, cfg: DataConfig | None = None) -> nib.Nifti1Image:
-    found = discover([src], cfg or DataConfig())
-    assert len(found.scans) == 1 and found.scans[0].kind == "dicom", (found.problems, found.skipped)
-    data, affine = dicom.load_series(list(found.scans[0].members))
-    return nib.Nifti1Image(data, affine)
-
-
-def assert_same(a: nib.Nifti1Image, b: nib.Nifti1Image, atol_voxel: float = 1e-3) -> None:
-    """Same world position for every voxel and the same values (after canonical reordering)."""
-    a, b = nib.as_closest_canonical(a), nib.as_closest_canonical(b)
-    assert a.shape == b.shape
-    np.testing.assert_allclose(a.affine, b.affine, atol=TOL_MM, rtol=0)
-    x, y = a.get_fdata(), b.get_fdata()
-    np.testing.assert_allclose(x, y, atol=atol_voxel * max(1.0, float(np.abs(y).max())), rtol=0)
 
 
 @pytest.fixture(scope="module")

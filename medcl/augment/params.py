@@ -36,6 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from medcl.config import AugmentConfig
+from medcl.data.ingest import MIN_FOREGROUND_EDGE
 
 N_BIAS = 10  # polynomial terms of degree <= 2 in three variables
 
@@ -119,7 +120,9 @@ def _sample_crop(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray,
                  scale: tuple[float, float]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     s = rng.uniform(*scale)
     extent = hi - lo
-    size = np.maximum(np.round(extent * s).astype(int), 4)
+    # never larger than the box: a box thinner than MIN_FOREGROUND_EDGE (refused at ingest, but
+    # possible in a cohort made before that check) gives a thinner crop, not an error
+    size = np.minimum(np.maximum(np.round(extent * s).astype(int), MIN_FOREGROUND_EDGE), extent)
     start = lo + np.array([rng.integers(0, e - n + 1) for e, n in zip(extent, size)])
     return tuple(int(v) for v in start), tuple(int(v) for v in size)
 

@@ -35,10 +35,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from medcl.data import dicomfast
-from medcl.data.dicom_geometry import LPS_TO_RAS, Frame, directions, plan_volume
+from medcl.data.dicom_geometry import LPS_TO_RAS, Frame, directions, plan_volume, precision, texts_of
 from medcl.data.errors import IngestError, check_size
 
-NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+NATIVE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+NATIVE_LITTLE_ENDIAN = set(NATIVE)
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
@@ -69,7 +70,32 @@ class NotDicom(Exception):
 def scrub(message: str) -> str:
     """First line of an exception message with quoted values removed (they may be PHI)."""
     line = (message.splitlines() or [""])[0]
-    return _QUOTED.sub("<value>", line)[:160]
+    return printable(_QUOTED.sub("<value>", line), 160)
+
+
+def printable(text: str, limit: int = 64) -> str:
+    """``text`` in printable ASCII (``?`` for the rest), at most ``limit`` characters: one line."""
+    return re.sub(r"[^\x20-\x7e]", "?", text)[:limit]
+
+
+def frame_count(ds: Dataset, path: str) -> int:
+    """NumberOfFrames (0028,0008), checked: a number, at least 1, and no more frames than the
+    file's bytes can hold (a frame takes at least 8 bytes, uncompressed its full size)."""
+    try:
+        n, size = int(ds.get("NumberOfFrames", 1) or 1), Path(path).stat().st_size
+    except (TypeError, ValueError, OverflowError):
+        raise IngestError("NumberOfFrames (0028,0008) is not a number") from None
+    except OSError as exc:
+        raise IngestError(_os_reason(exc)) from None
+    shown = str(n) if len(str(n)) <= 20 else str(n)[:16] + "..."
+    if n < 1:
+        raise IngestError(f"NumberOfFrames (0028,0008) is {shown}: an image has at least one frame")
+    native = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", NATIVE[0])) in NATIVE_LITTLE_ENDIAN
+    per = max(int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0) * (int(ds.get("BitsAllocated") or 8) // 8), 1) \
+        if native else 8
+    if n * per > size:
+        raise IngestError(f"NumberOfFrames (0028,0008) is {shown}: more frames than the file's {size} bytes hold")
+    return n
 
 
 def has_dicom_magic(path: Path) -> bool:
@@ -125,7 +151,7 @@ def frames_of(ds: Dataset, path: str) -> list[Frame]:
     if sop == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
         raise NotDicom(path)   # a DICOMDIR index: not an image, ignored
     if "Rows" not in ds or "Columns" not in ds:
-        name = UID(sop).name if sop else "no SOP class"
+        name = printable(UID(sop).name) if sop else "no SOP class"
         raise IngestError(f"non-image DICOM ({name}): no pixel rows or columns")
     image_type = tuple(str(v).upper() for v in (ds.get("ImageType") or []))
     common = dict(
@@ -133,7 +159,7 @@ def frames_of(ds: Dataset, path: str) -> list[Frame]:
         modality=str(ds.get("Modality", "")), description=str(ds.get("SeriesDescription", "")),
         image_type=image_type, sop_class=sop, rows=int(ds.Rows), cols=int(ds.Columns),
     )
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = frame_count(ds, path)
     if "PerFrameFunctionalGroupsSequence" in ds:
         return _enhanced_frames(ds, common, n_frames)
     echo = ds.get("EchoNumbers", "")
@@ -144,7 +170,9 @@ def frames_of(ds: Dataset, path: str) -> list[Frame]:
         position=_floats(ds.get("ImagePositionPatient"), 3),
         slope=float(ds.get("RescaleSlope", 1.0) or 1.0), intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
         echo=f"{echo}|{ds.get('EchoTime', '')}", temporal=str(temporal),
-        mosaic="MOSAIC" in image_type, n_frames=n_frames, **common) for i in range(n_frames)]
+        mosaic="MOSAIC" in image_type, n_frames=n_frames,
+        **precision(texts_of(ds.get("ImagePositionPatient")), texts_of(ds.get("ImageOrientationPatient"))),
+        **common) for i in range(n_frames)]
 
 
 def _enhanced_frames(ds: Dataset, common: dict, n_frames: int) -> list[Frame]:
@@ -161,10 +189,11 @@ def _enhanced_frames(ds: Dataset, common: dict, n_frames: int) -> list[Frame]:
                     return _first(grp, name)
             return Dataset()
         pvt, echo, content = item("PixelValueTransformationSequence"), item("MREchoSequence"), item("FrameContentSequence")
+        ipp = item("PlanePositionSequence").get("ImagePositionPatient")
+        iop = item("PlaneOrientationSequence").get("ImageOrientationPatient")
         frames.append(Frame(
             frame=i, spacing=_floats(item("PixelMeasuresSequence").get("PixelSpacing"), 2),
-            orientation=_floats(item("PlaneOrientationSequence").get("ImageOrientationPatient"), 6),
-            position=_floats(item("PlanePositionSequence").get("ImagePositionPatient"), 3),
+            orientation=_floats(iop, 6), position=_floats(ipp, 3), **precision(texts_of(ipp), texts_of(iop)),
             slope=float(pvt.get("RescaleSlope", 1.0) or 1.0), intercept=float(pvt.get("RescaleIntercept", 0.0) or 0.0),
             echo=str(echo.get("EffectiveEchoTime", "")), stack=str(content.get("StackID", "")),
             temporal=str(content.get("TemporalPositionIndex", "")), n_frames=n_frames, **common))
@@ -186,6 +215,9 @@ def _fast_frames(v: dict, path: str) -> list[Frame] | None:
         text = v.get(key)
         return None if text is None else _floats(text.split("\\"), n)
 
+    def texts(key: str):
+        return None if v.get(key) is None else v[key].split("\\")
+
     try:
         slope = float(v.get("RescaleSlope") or 1.0) or 1.0
         intercept = float(v.get("RescaleIntercept") or 0.0)
@@ -198,7 +230,8 @@ def _fast_frames(v: dict, path: str) -> list[Frame] | None:
         spacing=nums("PixelSpacing", 2), orientation=nums("ImageOrientationPatient", 6),
         position=nums("ImagePositionPatient", 3), slope=slope, intercept=intercept,
         echo=f"{v.get('EchoNumbers', '')}|{v.get('EchoTime', '')}",
-        temporal=v.get("TemporalPositionIdentifier", "") or v.get("AcquisitionNumber", ""), n_frames=1)]
+        temporal=v.get("TemporalPositionIdentifier", "") or v.get("AcquisitionNumber", ""), n_frames=1,
+        **precision(texts("ImagePositionPatient"), texts("ImageOrientationPatient")))]
 
 
 def _fast_pixels(v: dict, buf: bytes) -> np.ndarray | None:
@@ -256,7 +289,7 @@ def decoder_problem(transfer_syntax: str) -> str | None:
 
     uid = UID(transfer_syntax)
     if not uid.is_transfer_syntax:
-        return f"unknown transfer syntax {transfer_syntax}"
+        return f"unknown transfer syntax {printable(transfer_syntax)}"
     try:
         decoder = get_decoder(uid)
     except NotImplementedError:
@@ -270,13 +303,20 @@ def decoder_problem(transfer_syntax: str) -> str | None:
 
 def pixels(ds: Dataset) -> np.ndarray:
     """Stored pixel values, (frames, rows, cols) or (rows, cols); IngestError with the reason."""
+    try:
+        return _pixels(ds)
+    except (NotImplementedError, KeyError, TypeError, ValueError, AttributeError) as exc:  # e.g. an unknown VR
+        raise IngestError(f"invalid DICOM header ({type(exc).__name__}: {scrub(str(exc))})") from None
+
+
+def _pixels(ds: Dataset) -> np.ndarray:
     if "PixelData" not in ds:
         raise IngestError("DICOM without PixelData (7FE0,0010)")
     ts = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")) if hasattr(ds, "file_meta") else "1.2.840.10008.1.2"
     problem = decoder_problem(ts)
     if problem:
         raise IngestError(problem)
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
+    if int(ds.get("SamplesPerPixel") or 1) != 1:
         raise IngestError(f"colour image ({ds.get('PhotometricInterpretation', '?')}): a scan must be greyscale")
     fast = _native_pixels(ds, ts)
     if fast is not None:
@@ -289,7 +329,7 @@ def pixels(ds: Dataset) -> np.ndarray:
 
 def _native_pixels(ds: Dataset, ts: str) -> np.ndarray | None:
     """Uncompressed little-endian 8/16-bit data straight from the bytes (PS3.5 8.1.1)."""
-    bits, stored, signed = int(ds.get("BitsAllocated", 0)), int(ds.get("BitsStored", 0)), int(ds.get("PixelRepresentation", 0))
+    bits, stored, signed = (int(ds.get(k) or 0) for k in ("BitsAllocated", "BitsStored", "PixelRepresentation"))
     if ts not in NATIVE_LITTLE_ENDIAN or bits not in (8, 16) or (signed and stored != bits):
         return None
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -370,7 +410,10 @@ def _load_series(members: list[tuple[str, int]], min_slices: int, policy_4d: str
             del buf
             ds = read_dataset(Path(p), pixels=True)
             sources[p] = ("pydicom", ds)
-            fast = frames_of(ds, p)
+            try:
+                fast = frames_of(ds, p)
+            except (TypeError, ValueError, OverflowError) as exc:   # as read_frames words it
+                raise IngestError(f"invalid DICOM header ({type(exc).__name__}: {scrub(str(exc))})") from None
         frames.extend(f for f in fast if (f.path, f.frame) in wanted)
     if len(frames) != len(wanted):
         raise IngestError("the series changed on disk while it was read")

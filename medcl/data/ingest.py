@@ -114,11 +114,25 @@ def _canonical(data: np.ndarray, affine: np.ndarray, cfg: DataConfig):
     return data, mask, transform, affine
 
 
+MIN_FOREGROUND_EDGE = 4   # voxels: the smallest crop edge medcl.augment.params draws (a view needs it)
+
+
+def _check_foreground(mask: np.ndarray, spacing: float) -> np.ndarray:
+    """The mask's voxel indices; IngestError when its box is thinner than the smallest view."""
+    idx = np.argwhere(mask)
+    extent = idx.max(0) - idx.min(0) + 1
+    if extent.min() < MIN_FOREGROUND_EDGE:
+        axis = int(np.argmin(extent))
+        raise IngestError(f"foreground thinner than the smallest view: {int(extent[axis])} voxel(s) along axis {axis} "
+                          f"at data.spacing={spacing:g} mm (at least {MIN_FOREGROUND_EDGE} needed)")
+    return idx
+
+
 def preprocess(data: np.ndarray, affine: np.ndarray, cfg: DataConfig) -> Preprocessed:
     """Validate and canonicalise one volume (see the module docstring)."""
     _check_volume(data, affine, cfg)
     data, mask, transform, grid_affine = _canonical(data, affine, cfg)
-    idx = np.argwhere(mask)
+    idx = _check_foreground(mask, cfg.spacing)
     lo = np.maximum(idx.min(0) - cfg.crop_margin, 0)
     hi = np.minimum(idx.max(0) + 1 + cfg.crop_margin, data.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi))

@@ -7,15 +7,17 @@ header, before the voxels are read (:func:`medcl.data.errors.check_size`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import logging
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from medcl.config import DataConfig
-from medcl.data import dicom
+from medcl.data import dicom, nifti_header
 from medcl.data.errors import IngestError, check_size
 from medcl.data.sources import ScanSource
 
@@ -40,16 +42,19 @@ def load_nifti(path: Path, cfg: DataConfig | None = None) -> tuple[np.ndarray, n
     """(3D float32 voxels, 4x4 affine) of a NIfTI file, or IngestError."""
     cfg = cfg or DataConfig()
     try:
-        img = nib.load(str(path))
+        with _nibabel_quiet():
+            img = nib.load(str(path))
         shape = img.shape
     except Exception as exc:  # nibabel raises many types for broken files
         raise IngestError(f"unreadable NIfTI ({type(exc).__name__}: {dicom.scrub(str(exc)) or 'no detail'})") from None
+    if any(int(n) < 1 for n in shape):
+        raise IngestError(f"invalid image dimensions in the header: shape {tuple(int(n) for n in shape)}")
     if len(shape) < 3 or min(shape[:3]) < 2:
         raise IngestError(f"2D image: shape {tuple(shape)}")
-    zooms = _raw_zooms(path, img)
-    sform_code = int(img.header.get("sform_code", 0)) if hasattr(img.header, "get") else 0
-    if sform_code == 0 and not all(np.isfinite(z) and z > 0 for z in zooms):  # nibabel would read 0 as 1 mm
-        raise IngestError(f"zero or invalid voxel spacing in the header (pixdim {zooms})")
+    stored = _raw_header(path, img)
+    problem = nifti_header.geometry_problem(stored, shape) or _dtype_problem(img)
+    if problem:
+        raise IngestError(problem)
     if len(shape) > 4:
         raise IngestError(f"expected a 3D image, got {len(shape)} dimensions, shape {tuple(shape)}")
     if len(shape) == 4 and shape[3] > 1 and cfg.policy_4d == "quarantine":
@@ -58,20 +63,43 @@ def load_nifti(path: Path, cfg: DataConfig | None = None) -> tuple[np.ndarray, n
     try:
         proxy = img.dataobj
         raw = proxy[..., 0] if len(shape) == 4 and cfg.policy_4d == "first" else proxy
-        data = np.asarray(raw, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):   # scaled past float32: Inf, refused by preprocess
+            data = np.asarray(raw, dtype=np.float32)
     except Exception as exc:
         raise IngestError(f"unreadable NIfTI voxels ({type(exc).__name__}: {dicom.scrub(str(exc)) or 'no detail'})") from None
-    return reduce_4d(data, cfg.policy_4d), img.affine
+    affine = np.array(img.affine, float)
+    affine[:3] *= nifti_header.unit_scale(stored)          # metres or micrometres to mm
+    return reduce_4d(data, cfg.policy_4d), affine
 
 
-def _raw_zooms(path: Path, img) -> list[float]:
-    """pixdim[1:4] as stored (nibabel's loader replaces a 0 by 1 when it checks the header)."""
+@contextlib.contextmanager
+def _nibabel_quiet():
+    """nibabel logs the header fixes it makes on load ("setting 0 dims to 1", "sizeof_hdr should
+    be 348") to stderr; medcl checks the header as stored and names what it refuses instead."""
+    log = logging.getLogger("nibabel.global")
+    was = log.disabled
+    log.disabled = True
+    try:
+        yield
+    finally:
+        log.disabled = was
+
+
+def _raw_header(path: Path, img):
+    """The header as stored (nibabel's loader replaces a zero pixdim by 1 when it checks it)."""
     try:
         with nib.openers.ImageOpener(str(path)) as fobj:
-            raw = type(img.header).from_fileobj(fobj, check=False)
-        return [float(z) for z in raw["pixdim"][1:4]]
+            return type(img.header).from_fileobj(fobj, check=False)
     except Exception:
-        return [float(z) for z in img.header.get_zooms()[:3]]
+        return img.header
+
+
+def _dtype_problem(img) -> str | None:
+    dtype = img.get_data_dtype()
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        what = "colour (RGB) image" if dtype.fields is not None else f"{dtype} voxels"
+        return f"{what}: a scan must hold one real number per voxel (datatype {img.header.get('datatype', '?')})"
+    return None
 
 
 @functools.lru_cache(maxsize=1)
