@@ -59,3 +59,24 @@ def test_too_few_k_give_no_curve_and_bad_input_is_named():
     assert learning_curve({"1": _episodes(0.6, 0), "5": _episodes(0.7, 1)}) == {}
     with pytest.raises(ValueError, match="fit_power_law"):
         fit_power_law([1, 2], [0.5, 0.6])
+
+
+def test_the_curve_targets_reach_mlflow_with_the_rest_of_the_evaluation(tmp_path):
+    """log_to_mlflow on a real sqlite store: the labels per class of each reached target are
+    metrics of the run (a target not reached is not logged)."""
+    import mlflow
+
+    from medcl import tracking
+    from medcl.config import Config
+    from medcl.fewshot.suite import FewShotOutput, log_to_mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    fs = FewShotOutput(results={}, features={}, cohort=None,
+                       curve={"prototype": {"targets": [{"target": 0.8, "labels_per_class": 7.0},
+                                                        {"target": 0.9, "labels_per_class": None}]}})
+    tracking.setup(uri, "curve-test", tmp_path)
+    with tracking.start_run("curve", system_metrics=False, log_environment=False) as run:
+        log_to_mlflow(Config(), fs)
+    metrics = mlflow.MlflowClient(uri).get_run(run.run_id).data.metrics
+    assert metrics["curve.prototype.labels_per_class_for_0.8"] == 7.0
+    assert not any(k.startswith("curve.prototype.labels_per_class_for_0.9") for k in metrics)

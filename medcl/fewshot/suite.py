@@ -379,7 +379,7 @@ def log_to_mlflow(cfg: Config, fs: FewShotOutput) -> None:
     for h, c in fs.curve.items():
         for t in c.get("targets", []):
             if t["labels_per_class"] is not None:
-                tracking.log_metrics({f"curve.{h}.labels_per_class_for_{t['target']:g}": t["labels_per_class"]})
+                tracking.log_metrics({f"curve.{h}.labels_per_class_for_{t['target']:g}": t["labels_per_class"]}, 0)
     for k, r in fs.calibration.items():
         tracking.log_metrics({"calibrated.pretrained.ece": r["after"]["ece"],
                               "calibrated.pretrained.brier": r["after"]["brier"]}, int(k))
