@@ -165,7 +165,8 @@ def _cmd_fewshot(args) -> int:
     overrides = list(args.overrides) + ([f"fewshot.shots=[{args.shots}]"] if args.shots else [])
     cfg = load_checked(args.config, overrides)
     try:
-        summary = run_fewshot(cfg, Path(args.cohort), args.encoder, Path(args.out), _uri(args, Path(args.out)))
+        summary = run_fewshot(cfg, Path(args.cohort), args.encoder, Path(args.out), _uri(args, Path(args.out)),
+                              progress=not args.quiet)
     except ValueError as exc:
         print(f"medcl: {exc}", file=sys.stderr)
         return 2

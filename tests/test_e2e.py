@@ -46,7 +46,7 @@ def demo_out(demo_console):
 
 
 def test_demo_console_shows_medcl_and_nothing_of_mlflow(demo_console):
-    """One progress bar per stage (ingest, pretraining), the headline table; no MLflow INFO line,
+    """One progress bar per stage (simulation, ingest, pretraining, few-shot), the headline table; no MLflow INFO line,
     no "Downloading artifacts" bar, no "Successfully registered"/"Created version"/"View run"
     line; every warning at most once."""
     _, stdout, stderr = demo_console
@@ -54,7 +54,7 @@ def test_demo_console_shows_medcl_and_nothing_of_mlflow(demo_console):
     assert not [x for x in lines if re.search(r"\bINFO mlflow|Downloading artifacts|Successfully registered model|"
                                               r"Created version|View run|View experiment", x)], lines[:40]
     bars = {m.group(1) for x in lines if (m := re.match(r"(\S[^:|]*?): +\d+%\|", x))}
-    assert bars == {"ingest", "pretrain simclr"}, bars
+    assert bars == {"simulate", "ingest", "pretrain simclr", "few-shot"}, bars
     for desc in bars:   # one bar each: its counter never goes back
         counts = [int(m.group(1)) for x in lines if (m := re.match(rf"{desc}: +\d+%\|[^|]*\| *(\d+)/", x))]
         assert counts == sorted(counts) and counts[-1] > 0, (desc, counts)

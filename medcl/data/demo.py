@@ -43,6 +43,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from scipy.special import erfc
+from tqdm import tqdm
 
 CLASSES = ("healthy", "lesion", "atrophy")
 README_TEXT = (
@@ -365,18 +366,20 @@ def _write_subject(job: tuple[int, str, int, Path], tpl: Template | None = None)
     nib.save(img, nifti_dir / f"sub-{subject_id(i)}.nii")
 
 
-def _write_subjects(tpl: Template, jobs: list, workers: int) -> None:
+def _write_subjects(tpl: Template, jobs: list, workers: int, progress: bool = False) -> None:
     """Every job, in ``workers`` forked processes when there are several (each subject is seeded
     by its index, so the data do not depend on who simulates it); serial otherwise, and for
     whatever a broken pool (a worker killed) left undone."""
     global _FORK_TEMPLATE
     done: set[int] = set()
+    bar = tqdm(total=len(jobs), desc="simulate", unit="subject", disable=not progress, dynamic_ncols=True)
     if workers > 1 and len(jobs) > 1 and "fork" in multiprocessing.get_all_start_methods():
         _FORK_TEMPLATE = tpl
         try:
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
                 for job, _ in zip(jobs, pool.map(_write_subject, jobs, chunksize=4)):
                     done.add(job[0])
+                    bar.update()
         except BrokenProcessPool:
             warnings.warn(f"demo cohort: a simulation worker died; simulating the {len(jobs) - len(done)} "
                           "subjects left in this process", RuntimeWarning, stacklevel=2)
@@ -385,12 +388,14 @@ def _write_subjects(tpl: Template, jobs: list, workers: int) -> None:
     for job in jobs:
         if job[0] not in done:
             _write_subject(job, tpl)
+            bar.update()
+    bar.close()
 
 
 def make_demo_sources(out_dir: Path, n_subjects: int = 60, seed: int = 0,
-                      spacing: float = 2.0, workers: int = 0) -> DemoSources:
+                      spacing: float = 2.0, workers: int = 0, progress: bool = False) -> DemoSources:
     """Write the demo cohort (NIfTI files, labels.csv, README.txt) under ``out_dir``;
-    ``workers`` processes simulate it (0: one per CPU core)."""
+    ``workers`` processes simulate it (0: one per CPU core); ``progress``: a bar over subjects."""
     if n_subjects < 1:
         raise ValueError(f"make_demo_sources: n_subjects must be >= 1, got {n_subjects}")
     if not 1.0 <= spacing <= 8.0:
@@ -401,7 +406,7 @@ def make_demo_sources(out_dir: Path, n_subjects: int = 60, seed: int = 0,
     tpl = load_template(float(spacing))
     labels = balanced_labels(n_subjects, seed)
     jobs = [(i, label, seed, nifti_dir) for i, label in enumerate(labels)]
-    _write_subjects(tpl, jobs, workers or os.cpu_count() or 1)
+    _write_subjects(tpl, jobs, workers or os.cpu_count() or 1, progress)
     labels_csv = out_dir / "labels.csv"
     with labels_csv.open("w", newline="") as f:
         writer = csv.writer(f)

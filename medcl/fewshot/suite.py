@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from medcl import tracking
 from medcl.config import Config, FewShotConfig, config_to_dict, flatten
@@ -111,11 +112,33 @@ def eval_spec(f: FewShotConfig) -> EvalSpec:
                     None, f.n_boot, head_options(f))
 
 
-@contextmanager
-def _timed(timings: dict, key: str):
-    t = time.perf_counter()
-    yield
-    timings[key] = time.perf_counter() - t
+class StageClock:
+    """The few-shot stage's parts: seconds per part (``timings``) and, with ``progress``, one bar
+    of ``total`` parts whose postfix names the part running."""
+
+    def __init__(self, total: int = 0, progress: bool = False):
+        self.timings: dict[str, float] = {}
+        self.bar = tqdm(total=total, desc="few-shot", unit="part", disable=not progress, dynamic_ncols=True)
+
+    @contextmanager
+    def part(self, key: str):
+        self.bar.set_postfix_str(key)
+        t = time.perf_counter()
+        yield
+        self.timings[key] = time.perf_counter() - t
+        self.bar.update()
+
+    def rounded(self) -> dict[str, float]:
+        self.bar.close()
+        return {k: round(v, 2) for k, v in self.timings.items()}
+
+
+def _feature_parts(f: FewShotConfig, sources, views) -> dict[str, bool]:
+    """Which parts :func:`evaluate_features` runs after the heads and the statistics."""
+    pre = "pretrained" in sources
+    return {"scratch": "scratch" in f.baselines and bool(f.shots) and views is not None, "probe": f.probe,
+            "budget": f.budget_method != "none" and pre, "calibration": f.calibration != "none" and pre,
+            "curve": bool(f.curve_shots) and pre, "tsne": f.embedding_map == "tsne"}
 
 
 def radiomics_baseline(f: FewShotConfig, eval_set: Cohort, fit_set: Cohort) -> tuple[np.ndarray, dict]:
@@ -141,73 +164,75 @@ def radiomics_baseline(f: FewShotConfig, eval_set: Cohort, fit_set: Cohort) -> t
 
 
 def evaluate_encoders(cfg: Config, cohort: Cohort, encoders: dict[str, Encoder], view_size: int | None = None,
-                      log=print) -> FewShotOutput:
-    """Every encoder and baseline, every head, the same episodes (same seed) for all of them."""
+                      log=print, progress: bool = False) -> FewShotOutput:
+    """Every encoder and baseline, every head, the same episodes (same seed) for all of them;
+    ``progress``: one bar over the parts of the stage."""
     f = cfg.fewshot
     view_size = view_size or cfg.augment.view_size
     eval_set = evaluation_cohort(cohort)
     if len(eval_set) == 0:
         raise ValueError(f"{cohort.root}: no labelled scans to evaluate few-shot heads on")
-    timings: dict = {}
-    with _timed(timings, "embed"):
+    baselines = [b for b in ("raw_voxels", "radiomics") if b in f.baselines]
+    parts = 3 + len(baselines) + sum(_feature_parts(f, encoders, True).values())   # + embed, heads, statistics
+    clock = StageClock(parts, progress)
+    with clock.part("embed"):
         views = cohort_views(eval_set, view_size)
         features = {name: embed_views(enc, views) for name, enc in encoders.items()}
     if "raw_voxels" in f.baselines:
-        with _timed(timings, "pca"):
+        with clock.part("pca"):
             fit_set = pca_cohort(cohort)
             fit_views = views if fit_set.rows == eval_set.rows else cohort_views(fit_set, view_size)
             features["raw_voxels"] = pca_features(torch.stack(fit_views).numpy(), torch.stack(views).numpy(),
                                                   f.pca_components).astype(np.float32)
     radiomics_info = {}
     if "radiomics" in f.baselines:
-        with _timed(timings, "radiomics"):
+        with clock.part("radiomics"):
             features["radiomics"], radiomics_info = radiomics_baseline(f, eval_set, radiomics_fit_cohort(f, cohort))
-        log(f"radiomics: {radiomics_info['computed']} scans computed, {radiomics_info['cached']} from the cache "
-            f"({radiomics_info['cache']})")
-    out = evaluate_features(cfg, features, eval_set.labels, eval_set.subjects, torch.stack(views), view_size)
+        (tqdm.write if progress else log)(f"radiomics: {radiomics_info['computed']} scans computed, "
+                                          f"{radiomics_info['cached']} from the cache ({radiomics_info['cache']})")
+    out = evaluate_features(cfg, features, eval_set.labels, eval_set.subjects, torch.stack(views), view_size, clock)
     out.cohort, out.radiomics = eval_set, radiomics_info
-    out.timings = {**{k: round(v, 2) for k, v in timings.items()}, **out.timings}
     return out
 
 
 def evaluate_features(cfg: Config, features: dict, labels, subjects, views: torch.Tensor | None = None,
-                      view_size: int | None = None) -> FewShotOutput:
+                      view_size: int | None = None, clock: StageClock | None = None) -> FewShotOutput:
     """Every head on every feature set (``source -> (N, D)``), the same episodes for all; the
     from-scratch ResNet on ``views`` ``(N, 1, S, S, S)`` (skipped when ``None``), the linear
     probe, paired differences, ROC and reliability data, label-budget check, t-SNE maps."""
     f = cfg.fewshot
     labels, subjects = np.asarray(labels), np.asarray(subjects)
-    timings: dict = {}
-    with _timed(timings, "heads"):
+    clock, run = clock or StageClock(), _feature_parts(f, features, views)
+    with clock.part("heads"):
         results, predictions, batches = run_heads(features, labels, subjects, eval_spec(f))
     shots = sorted(batches, key=int)
     out = FewShotOutput(results, features, None, predictions, confusion_shot=confusion_shot(shots), labels=labels,
                         subjects=subjects)
     scratch_pred = {}
-    if "scratch" in f.baselines and shots and views is not None:
-        with _timed(timings, "scratch"):
+    if run["scratch"] and shots:
+        with clock.part("scratch"):
             scratch_pred = _scratch(f, out, views, batches, shots, view_size)
-    if f.probe:
-        with _timed(timings, "probe"):
+    if run["probe"]:
+        with clock.part("probe"):
             _probe(f, out)
-    with _timed(timings, "statistics"):
+    with clock.part("statistics"):
         _statistics(f, out, scratch_pred)
-    if f.budget_method != "none" and "pretrained" in features:
-        with _timed(timings, "budget"):
+    if run["budget"]:
+        with clock.part("budget"):
             out.budget = evaluate_budget(features["pretrained"], labels, subjects, [int(s) for s in shots],
                                          f.budget_method, f.budget_random, f.seed)
-    if f.calibration != "none" and "pretrained" in features:
-        with _timed(timings, "calibration"):
+    if run["calibration"]:
+        with clock.part("calibration"):
             _calibration(f, out, batches)
-    if f.curve_shots and "pretrained" in features:
-        with _timed(timings, "curve"):
+    if run["curve"]:
+        with clock.part("curve"):
             out.curve = _curves(f, out, batches)
-    if f.embedding_map == "tsne":
-        with _timed(timings, "tsne"):
+    if run["tsne"]:
+        with clock.part("tsne"):
             for name, feats in features.items():
                 out.embeddings[name] = {"xy": tsne_map(feats, f.seed).tolist(), "labels": labels.tolist(),
                                         "method": "t-SNE (scikit-learn, CL2N features)"}
-    out.timings = {k: round(v, 2) for k, v in timings.items()}
+    out.timings = clock.rounded()
     return out
 
 

@@ -74,7 +74,7 @@ def run_demo(cfg: Config, out: Path, tracking_uri: str, progress: bool = True) -
     timings: dict[str, float] = {}
 
     src = make_demo_sources(out / "demo_src", cfg.demo.n_subjects, cfg.demo.seed, cfg.data.spacing,
-                            workers=cfg.data.workers)
+                            workers=cfg.data.workers, progress=progress)
     timings["simulate"] = time.perf_counter() - t0
     res = ingest([src.nifti_dir], out / "cohort", cfg.data, labels_csv=src.labels_csv,
                  test_fraction=0.5, split_seed=cfg.demo.seed, progress=progress)
@@ -87,7 +87,8 @@ def run_demo(cfg: Config, out: Path, tracking_uri: str, progress: bool = True) -
 
     meta = encoder_meta(cfg)
     pretrained = load_encoder(pre.result.encoder_path, meta)
-    fs = evaluate_encoders(cfg, cohort, {"pretrained": pretrained, "random_init": random_init_encoder(cfg)})
+    fs = evaluate_encoders(cfg, cohort, {"pretrained": pretrained, "random_init": random_init_encoder(cfg)},
+                           progress=progress)
     save_features(fs, out / "features.npz")
     timings["fewshot"] = time.perf_counter() - t0 - sum(timings.values())
     per_seed = [seed_entry(cfg, cfg.train.seed, fs)] + _further_seeds(cfg, cohort, pres[1:])

@@ -20,7 +20,8 @@ from medcl.report.files import log_report_artifacts, write_report, write_summary
 from medcl.serving.load import load_encoder_uri
 
 
-def run_fewshot(cfg: Config, cohort_dir: Path, encoder_uri: str, out_dir: Path, tracking_uri: str) -> dict:
+def run_fewshot(cfg: Config, cohort_dir: Path, encoder_uri: str, out_dir: Path, tracking_uri: str,
+                progress: bool = False) -> dict:
     """``medcl fewshot``: evaluate a registered encoder (read from ``tracking_uri``) on a cohort's
     labelled scans against the baselines, log a ``fewshot`` run to the same store, write
     report.html/.pdf and summary.json."""
@@ -34,7 +35,8 @@ def run_fewshot(cfg: Config, cohort_dir: Path, encoder_uri: str, out_dir: Path, 
     encoder, meta = load_encoder_uri(encoder_uri)
     random_init = build_encoder(meta["arch"], meta["conv1_t_stride"], meta.get("widen_factor", 1.0),
                                 seed=cfg.train.seed).eval()
-    fs = evaluate_encoders(cfg, cohort, {"pretrained": encoder, "random_init": random_init}, meta["view_size"])
+    fs = evaluate_encoders(cfg, cohort, {"pretrained": encoder, "random_init": random_init}, meta["view_size"],
+                           progress=progress)
     save_features(fs, out_dir / "features.npz")
     with tracking.start_run("fewshot", tags={"medcl.stage": "fewshot", "medcl.encoder_uri": encoder_uri}) as run:
         log_to_mlflow(cfg, fs)
