@@ -65,5 +65,8 @@ def test_make_demo_installs_only_the_package_and_make_test_adds_the_test_extra(t
     assert dry("demo") == ['.venv/bin/python -m pip install --quiet "torch==2.13.0" -e .']
     assert dry("test") == ['.venv/bin/python -m pip install --quiet "torch==2.13.0" -e .',
                            '.venv/bin/python -m pip install --quiet "torch==2.13.0" -e ".[test]"']
-    demo = subprocess.run(["make", "-n", "demo"], cwd=tmp_path, capture_output=True, text=True).stdout
+    # --no-print-directory: under `make test` this make is a sub-make, which would name its folder
+    # (a pytest tmp_path) in "Entering directory" lines
+    demo = subprocess.run(["make", "--no-print-directory", "-n", "demo"], cwd=tmp_path, capture_output=True,
+                          text=True).stdout
     assert ".venv/bin/medcl demo --config configs/demo.yaml --out out/demo" in demo and "pytest" not in demo
