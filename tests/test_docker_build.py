@@ -46,7 +46,8 @@ def _torch_base(tmp_path: Path) -> None:
     """The base with torch installed into its system Python (not a venv)."""
     wheel = sorted(WHEELS.glob("torch-*.whl"))
     if not wheel:
-        pytest.skip(f"no torch wheel in {WHEELS}")
+        pytest.skip(f"no torch wheel in {WHEELS}: the base is built from a local torch wheel "
+                    f"(e.g. `pip download torch==2.13.0 --no-deps -d {WHEELS}`)")
     ctx = tmp_path / "torchbase"
     ctx.mkdir()
     shutil.copy(wheel[-1], ctx)
