@@ -3,7 +3,8 @@ GPU), with one table for docs/performance.md:
 
 1. cohort cache placements ``device``, ``pinned``, ``stream`` (and ``host``): the same batch of
    views from each;
-2. composed views on CUDA against the CPU path, within 1e-4;
+2. composed views on CUDA against the CPU path, within 1e-4, and the synchronising calls of
+   one batch's views (its parameters go in one pinned non-blocking copy);
 3. bf16 autocast training steps (``train.precision: auto``) of every SSL method: finite losses;
 4. ``torch.cuda.set_sync_debug_mode("warn")`` over 10 steps of the loop: host synchronisations;
 5. the profiler's GPU-idle fraction over 10 steps of the loop with device-made views;
@@ -83,15 +84,28 @@ def check_placements(cohort: Cohort, cfg, device: torch.device) -> None:
 def check_views(cohort: Cohort, cfg, device: torch.device) -> None:
     if device.type != "cuda":
         row("views CUDA vs CPU", None, "no GPU")
+        row("views sync debug (1 batch)", None, "no GPU")
         return
     pairs = BatchedPairs.from_cohort(cohort, cfg.augment, 0, "cpu", 0, placement="host")
     next(iter(pairs.batches([list(range(8))], 0)))
     params, sources = pairs.history, [pairs.store.volumes[i] for i in pairs.history.indices]
     cpu = torch.cat(apply_pairs(sources, params.pairs, cfg.augment.view_size, torch.device("cpu")))
-    gpu = torch.cat(apply_pairs([s.to(device) for s in sources], params.pairs, cfg.augment.view_size, device))
+    on_gpu = [s.to(device) for s in sources]
+    gpu = torch.cat(apply_pairs(on_gpu, params.pairs, cfg.augment.view_size, device))
     err = float((gpu.float().cpu() - cpu.float()).abs().max())
     pairs.close()
     row("views CUDA vs CPU", err <= 1e-4, f"max abs diff {err:.1e} over {cpu.numel()} voxels")
+    torch.cuda.synchronize()        # the same batch again (warm), its parameters in one pinned copy
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            apply_pairs(on_gpu, params.pairs, cfg.augment.view_size, device)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [str(w.message).splitlines()[0] for w in seen if "synchroniz" in str(w.message)]
+    row("views sync debug (1 batch)", True, f"{len(syncs)} synchronising calls in apply_pairs"
+        + (f"; first: {syncs[0][:80]}" if syncs else ""))
 
 
 def check_methods(size: int, device: torch.device, b: int = 8) -> None:

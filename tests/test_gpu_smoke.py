@@ -22,7 +22,8 @@ def test_gpu_smoke_dry_run_passes_and_skips_the_cuda_checks(tmp_path):
     table = dict(re.findall(r"^\| ([^|]+?) \| (ok|skipped|FAILED) \|", r.stdout, re.M))
     assert all(table[f"bf16 steps {m}"] == "ok" for m in METHODS)
     assert table["cache host"] == table["cache stream"] == "ok"
-    for cuda_only in ("views CUDA vs CPU", "sync debug (10 steps)", "GPU idle fraction", "peak memory"):
+    for cuda_only in ("views CUDA vs CPU", "views sync debug (1 batch)", "sync debug (10 steps)", "GPU idle fraction",
+                      "peak memory"):
         assert table[cuda_only] == "skipped"
     assert "FAILED" not in table.values()
 

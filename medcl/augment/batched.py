@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from medcl.augment import _cpu
-from medcl.augment.intensity import intensity_views
+from medcl.augment.intensity import intensity_parts, intensity_views
 from medcl.augment.params import ViewParams, union_box
+from medcl.augment.transfer import to_device
 
 
 # --------------------------------------------------------------------------- matrices
@@ -110,18 +111,38 @@ def voxel_maps(params: Sequence[ViewParams], view_size: int,
     return VoxelMaps(view_matrices(params) * (n / s)[:, :, None], beta, lo, hi)
 
 
-def _plane(maps: VoxelMaps, axis: int, scale: float, shift: float, c: torch.Tensor, dev: torch.device,
-           out: torch.Tensor | None = None) -> torch.Tensor:
-    """(V, S, S, S): ``clamp(A' c + beta)`` of one axis, then ``* scale + shift`` (a change of
-    units), as a sum of three outer products (``c`` is a meshgrid) and one clamp."""
-    a, beta, lo, hi = (t.to(dev, torch.float32) for t in
-                       (maps.a[:, axis] * scale, maps.beta[:, axis] * scale + shift,
-                        maps.lo[:, axis] * scale + shift, maps.hi[:, axis] * scale + shift))
-    v = len(beta)
+def grid_coefs(maps: VoxelMaps, region_size: Sequence[int]) -> torch.Tensor:
+    """(V, 3, 6) float32 on the host: per component of a ``grid_sample`` grid on regions of
+    ``region_size`` (D, H, W) ((x, y, z) = axes (w, h, d); voxel ``X`` is at ``(2 X + 1) / M - 1``),
+    the map's row of ``A'``, ``beta``, ``lo`` and ``hi`` in grid units: computed in float64,
+    rounded to float32 once. The device builds the grid from them (:func:`_grid`)."""
+    rows = []
+    for axis in (2, 1, 0):
+        m = float(region_size[axis])
+        scale, shift = 2 / m, 1 / m - 1
+        rows.append(torch.cat([maps.a[:, axis] * scale, (maps.beta[:, axis] * scale + shift)[:, None],
+                               (maps.lo[:, axis] * scale + shift)[:, None],
+                               (maps.hi[:, axis] * scale + shift)[:, None]], 1))
+    return torch.stack(rows, 1).to(torch.float32)
+
+
+def _plane(coefs: torch.Tensor, c: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """(V, S, S, S) into ``out``: one grid component, ``clamp(A' c + beta, lo, hi)`` from its
+    (V, 6) :func:`grid_coefs`, as a sum of three outer products (``c`` is a meshgrid) and one clamp."""
+    a, beta, lo, hi = coefs[:, :3], coefs[:, 3], coefs[:, 4], coefs[:, 5]
     first = beta[:, None, None, None] + a[:, 0, None, None, None] * c[None, :, None, None]
     rest = a[:, 1, None, None, None] * c[None, None, :, None] + a[:, 2, None, None, None] * c[None, None, None, :]
-    plane = torch.add(first, rest, out=out) if out is not None else first + rest
-    return plane.clamp_(lo.view(v, 1, 1, 1), hi.view(v, 1, 1, 1))
+    return torch.add(first, rest, out=out).clamp_(lo[:, None, None, None], hi[:, None, None, None])
+
+
+def _grid(coefs: torch.Tensor, view_size: int) -> torch.Tensor:
+    """(V, S, S, S, 3) grid on the device of ``coefs`` (:func:`grid_coefs`, already there)."""
+    s = view_size
+    c = _centred_axis(s, str(coefs.device))
+    grid = torch.empty((len(coefs), s, s, s, 3), dtype=torch.float32, device=coefs.device)
+    for k in range(3):
+        _plane(coefs[:, k], c, out=grid[..., k])
+    return grid
 
 
 def sampling_grid(params: Sequence[ViewParams], view_size: int, region_size: Sequence[int],
@@ -129,14 +150,8 @@ def sampling_grid(params: Sequence[ViewParams], view_size: int, region_size: Seq
                   device: torch.device | str = "cpu") -> torch.Tensor:
     """(V, S, S, S, 3) grid for ``grid_sample(..., align_corners=False)`` on regions of
     ``region_size`` (D, H, W): voxel ``X`` is at ``(2 X + 1) / M - 1``; (x, y, z) = (w, h, d)."""
-    s, dev = view_size, torch.device(device)
-    maps = voxel_maps(params, s, offsets)
-    c = _centred_axis(s, str(dev))
-    grid = torch.empty((len(params), s, s, s, 3), dtype=torch.float32, device=dev)
-    for k, axis in enumerate((2, 1, 0)):
-        m = float(region_size[axis])
-        _plane(maps, axis, 2 / m, 1 / m - 1, c, dev, out=grid[..., k])
-    return grid
+    coefs = grid_coefs(voxel_maps(params, view_size, offsets), region_size)
+    return _grid(to_device([coefs], device)[0], view_size)
 
 
 # --------------------------------------------------------------------------- crops
@@ -163,6 +178,13 @@ def _to_device(buf: torch.Tensor, device: torch.device) -> torch.Tensor:
     return out if out.dtype == torch.float32 else out.float()
 
 
+def _region_boxes(groups: Sequence[Sequence[ViewParams]]) -> tuple[list, list[int]]:
+    """Each source's region (the union box of its views' crops) and the batch buffer's padded
+    edge per axis (the largest region plus the zeroed layer)."""
+    boxes = [union_box(g) for g in groups]
+    return boxes, [max(b[1][a] for b in boxes) + 1 for a in range(3)]
+
+
 def gather_regions(sources: Sequence[torch.Tensor], groups: Sequence[Sequence[ViewParams]],
                    device: torch.device | str, origins: Sequence[Sequence[int]] | None = None
                    ) -> tuple[torch.Tensor, list[list[int]]]:
@@ -176,8 +198,7 @@ def gather_regions(sources: Sequence[torch.Tensor], groups: Sequence[Sequence[Vi
     ever touched (with weight 0); that layer is zeroed, the rest of the padding is left as is.
     """
     device = torch.device(device)
-    boxes = [union_box(g) for g in groups]
-    pad = [max(b[1][a] for b in boxes) + 1 for a in range(3)]
+    boxes, pad = _region_boxes(groups)
     buf = _buffer((len(groups), 1, *pad), sources, device)
     for b, (src, (start, n)) in enumerate(zip(sources, boxes)):
         rel = _check_inside(b, src, start, n, (0, 0, 0) if origins is None else origins[b])
@@ -228,18 +249,31 @@ def resize_crops(sources: Sequence[torch.Tensor], params: Sequence[ViewParams], 
     return out
 
 
-def _sample_3d(volumes: torch.Tensor, maps: VoxelMaps, view_size: int) -> torch.Tensor:
-    s = view_size
-    grid = torch.empty((volumes.shape[0], s, s, s, 3), dtype=torch.float32, device=volumes.device)
-    c = _centred_axis(s, str(volumes.device))
-    for k, axis in enumerate((2, 1, 0)):
-        m = float(volumes.shape[1 + axis])
-        _plane(maps, axis, 2 / m, 1 / m - 1, c, volumes.device, out=grid[..., k])
-    return F.grid_sample(volumes[:, None], grid, mode="bilinear", padding_mode="border",
-                         align_corners=False)[:, 0]
+def _affine_maps(params: Sequence[ViewParams], view_size: int) -> VoxelMaps:
+    """The affine (flip included) of each view on its resized S^3 crop, clamped to it."""
+    v, s = len(params), view_size
+    return VoxelMaps(view_matrices(params), torch.full((v, 3), (s - 1) / 2, dtype=torch.float64),
+                     torch.zeros(v, 3, dtype=torch.float64), torch.full((v, 3), float(s - 1), dtype=torch.float64))
 
 
-def _resample_two_stage(sources, groups, view_size, device, origins, sampler: str) -> torch.Tensor:
+def _geometry_coefs(groups: Sequence[Sequence[ViewParams]], view_size: int, method: str,
+                    device: torch.device) -> torch.Tensor | None:
+    """The host :func:`grid_coefs` that ``method`` needs on ``device``: every view's on its
+    source's region (``composed``), the views with an affine on their resized crop (two-stage
+    with ``grid_sample``), none (``two-stage`` on a CPU: the numba kernel takes the matrices)."""
+    s, params = view_size, [p for g in groups for p in g]
+    if method == "composed":
+        boxes, pad = _region_boxes(groups)
+        offsets = [[p.crop_start[a] - b[0][a] for a in range(3)] for g, b in zip(groups, boxes) for p in g]
+        return grid_coefs(voxel_maps(params, s, offsets), pad)
+    sub = [p for p in params if _needs_affine(p)]
+    if not sub or (method == "two-stage" and device.type == "cpu"):
+        return None
+    return grid_coefs(_affine_maps(sub, s), (s, s, s))
+
+
+def _resample_two_stage(sources, groups, view_size, device, origins, sampler: str,
+                        coefs: torch.Tensor | None = None) -> torch.Tensor:
     """MONAI's own steps, batched: crop and resize each view, then one batched affine resampling
     (border padding) of the views that have one (the flip folded in), the flip alone for the
     others. The same numbers as the MONAI path up to float rounding. ``sampler``: ``numba``
@@ -256,37 +290,48 @@ def _resample_two_stage(sources, groups, view_size, device, origins, sampler: st
             x[i] = x[i].flip(0)
     if idx:
         sub = [params[i] for i in idx]
-        mats = view_matrices(sub)
         kernel = _cpu.affine_trilinear if sampler == "numba" and x.device.type == "cpu" else None
         part = x if len(idx) == len(params) else x[idx]
         if kernel is not None:
             out = torch.empty_like(part)
-            kernel(part.numpy(), mats.numpy(), out.numpy(), torch.get_num_threads())
+            kernel(part.numpy(), view_matrices(sub).numpy(), out.numpy(), torch.get_num_threads())
         else:
-            half = torch.full((len(sub), 3), (s - 1) / 2, dtype=torch.float64)
-            maps = VoxelMaps(mats, half, torch.zeros(len(sub), 3, dtype=torch.float64),
-                             torch.full((len(sub), 3), float(s - 1), dtype=torch.float64))
-            out = _sample_3d(part, maps, s)
+            if coefs is None:
+                coefs = to_device([grid_coefs(_affine_maps(sub, s), (s, s, s))], x.device)[0]
+            out = F.grid_sample(part[:, None], _grid(coefs, s), mode="bilinear", padding_mode="border",
+                                align_corners=False)[:, 0]
         if len(idx) == len(params):
             return out
         x[idx] = out
     return x
 
 
-def _resample_composed(sources, groups, view_size, device, origins) -> torch.Tensor:
-    regions, starts = gather_regions(sources, groups, device, origins)
+def _resample_composed(sources, groups, view_size, device, origins, coefs: torch.Tensor | None = None) -> torch.Tensor:
+    regions, _ = gather_regions(sources, groups, device, origins)
     k, s = len(groups[0]), view_size
-    params = [p for g in groups for p in g]
-    offsets = [[p.crop_start[a] - st[a] for a in range(3)] for g, st in zip(groups, starts) for p in g]
-    grid = sampling_grid(params, s, regions.shape[2:], offsets, regions.device)
+    if coefs is None:
+        coefs = to_device([_geometry_coefs(groups, s, "composed", device)], regions.device)[0]
+    grid = _grid(coefs, s)
     out = F.grid_sample(regions, grid.view(len(groups), k * s, s, s, 3), mode="bilinear",
                         padding_mode="border", align_corners=False)
     return out.view(len(groups) * k, s, s, s)
 
 
+METHODS = ("auto", "composed", "two-stage", "two-stage-3d")
+
+
+def _method(method: str, device: torch.device) -> str:
+    """``method`` checked, ``auto`` resolved for ``device``."""
+    if method not in METHODS:
+        raise ValueError(f"resample_views: method must be auto, composed, two-stage or two-stage-3d, got {method!r}")
+    if method == "auto":
+        return "two-stage" if device.type == "cpu" else "composed"
+    return method
+
+
 def resample_views(sources: Sequence[torch.Tensor], groups: Sequence[Sequence[ViewParams]], view_size: int,
                    device: torch.device | str | None = None, origins: Sequence[Sequence[int]] | None = None,
-                   method: str = "auto") -> torch.Tensor:
+                   method: str = "auto", coefs: torch.Tensor | None = None) -> torch.Tensor:
     """The geometric part: (B * k, S, S, S) float32, source-major (the k views of source 0 first).
 
     ``method``:
@@ -300,19 +345,19 @@ def resample_views(sources: Sequence[torch.Tensor], groups: Sequence[Sequence[Vi
       ``grid_sample`` (the CPU default);
     - ``two-stage-3d``: the same with ``grid_sample`` for the affine everywhere;
     - ``auto``: ``two-stage`` on a CPU, ``composed`` on a GPU.
+
+    ``coefs``: the grid coefficients this method needs (:func:`_geometry_coefs`), already on
+    ``device`` (:func:`apply_views` sends them with the intensity parameters); else made here.
     """
     k = len(groups[0])
     if any(len(g) != k for g in groups):
         raise ValueError("resample_views: every source needs the same number of views")
     device = torch.device(device) if device is not None else sources[0].device
-    if method == "auto":
-        method = "two-stage" if device.type == "cpu" else "composed"
+    method = _method(method, device)
     if method == "composed":
-        return _resample_composed(sources, groups, view_size, device, origins)
-    if method in ("two-stage", "two-stage-3d"):
-        return _resample_two_stage(sources, groups, view_size, device, origins,
-                                   "numba" if method == "two-stage" else "3d")
-    raise ValueError(f"resample_views: method must be auto, composed, two-stage or two-stage-3d, got {method!r}")
+        return _resample_composed(sources, groups, view_size, device, origins, coefs)
+    return _resample_two_stage(sources, groups, view_size, device, origins,
+                               "numba" if method == "two-stage" else "3d", coefs)
 
 
 # --------------------------------------------------------------------------- the batch
@@ -326,11 +371,23 @@ def apply_views(sources: Sequence[torch.Tensor], groups: Sequence[Sequence[ViewP
     ``sources[b]`` is a scan (3-D tensor, any float dtype, host or device), or a part of it
     whose voxel 0 is at ``origins[b]`` of the scan; ``device`` defaults to the sources' device;
     ``method`` is the resampling of :func:`resample_views`.
+
+    The batch's view parameters that the device needs (the grid's coefficients, the intensity
+    steps' numbers) reach it in one pinned, non-blocking transfer
+    (:func:`medcl.augment.transfer.to_device`); on a CPU nothing is copied.
     """
     if len(sources) != len(groups) or not groups:
         raise ValueError(f"apply_views: {len(sources)} sources for {len(groups)} groups of views")
-    x = resample_views(sources, groups, view_size, device, origins, method)
-    x = intensity_views(x, [p for g in groups for p in g])
+    device = torch.device(device) if device is not None else sources[0].device
+    method, params = _method(method, device), [p for g in groups for p in g]
+    geometry = _geometry_coefs(groups, view_size, method, device)
+    host = [] if geometry is None else [geometry]
+    if device.type != "cpu":          # a CPU applies the intensity steps with its own kernels
+        host += intensity_parts(params)
+    moved = to_device(host, device)
+    coefs = moved.pop(0) if geometry is not None else None
+    x = resample_views(sources, groups, view_size, device, origins, method, coefs)
+    x = intensity_views(x, params, parts=moved or None)
     s = view_size
     return x.view(-1, 1, s, s, s).contiguous(memory_format=memory_format)
 

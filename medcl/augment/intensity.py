@@ -23,6 +23,7 @@ from monai.networks.layers.convutils import gaussian_1d
 
 from medcl.augment import _cpu
 from medcl.augment.params import N_BIAS, ViewParams
+from medcl.augment.transfer import to_device
 
 GAMMA_EPS = 1e-7      # monai.transforms.AdjustContrast
 BLUR_TRUNCATED = 4.0  # monai.networks.layers.GaussianFilter defaults (GaussianSmooth)
@@ -60,17 +61,23 @@ def _shift_sum(x: torch.Tensor, w: torch.Tensor, axis: int) -> torch.Tensor:
     return y
 
 
-def gaussian_blur(x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
-    """(V, S, S, S) -> blurred, one isotropic sigma per view: MONAI's ``GaussianSmooth``
-    (its erf kernels truncated at 4 sigma, zero padding, axes 0, 1, 2 in turn); the shorter
-    kernels are zero-padded to the longest."""
+def blur_weights(sigmas: Sequence[float]) -> torch.Tensor:
+    """(V, K) float32 on the host: MONAI's ``GaussianSmooth`` kernel of each sigma (erf kernels
+    truncated at 4 sigma), the shorter ones zero-padded to the longest."""
     kernels = [_gauss(float(s)) for s in sigmas]
-    k = max(len(t) for t in kernels)
-    w = torch.zeros(len(kernels), k, dtype=x.dtype)
+    k = max([len(t) for t in kernels] + [1])
+    w = torch.zeros(len(kernels), k, dtype=torch.float32)
     for i, t in enumerate(kernels):
         pad = (k - len(t)) // 2
         w[i, pad:pad + len(t)] = t
-    w = w.to(x.device)
+    return w
+
+
+def gaussian_blur(x: torch.Tensor, sigmas: Sequence[float], weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(V, S, S, S) -> blurred, one isotropic sigma per view: MONAI's ``GaussianSmooth``
+    (zero padding, axes 0, 1, 2 in turn); ``weights``: :func:`blur_weights` of ``sigmas``
+    already on ``x``'s device."""
+    w = blur_weights(sigmas).to(x.device, x.dtype) if weights is None else weights
     for axis in (1, 2, 3):
         x = _shift_sum(x, w, axis)
     return x
@@ -115,10 +122,6 @@ def kspace_spike(x: torch.Tensor, locs: Sequence[Sequence[int]], log_intensity: 
     delta = (mag.to(torch.complex64) * unit - k) / s ** 3                                 # (V,)
     wave = torch.einsum("vd,vh,vw->vdhw", e[:, 0].conj() * delta[:, None], e[:, 1].conj(), e[:, 2].conj())
     return x + wave.real.to(x.dtype)
-
-
-def _col(values, device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32).to(device, non_blocking=True)[:, None]
 
 
 def _where(flags: Sequence[bool]) -> list[int]:
@@ -181,16 +184,33 @@ def _intensity_numba(x: torch.Tensor, params: Sequence[ViewParams], kernels) -> 
     return x
 
 
-def intensity_views(x: torch.Tensor, params: Sequence[ViewParams], fused: bool = True) -> torch.Tensor:
+def intensity_parts(params: Sequence[ViewParams]) -> list[torch.Tensor]:
+    """The torch path's per-view numbers on the host, for one :func:`~medcl.augment.transfer.to_device`:
+    the rows with a gamma and their gammas (G, 1), the contrast of every view (V, 1; 1 = none),
+    the bias coefficients (V, N_BIAS), the rows with a blur and their kernels (B, K)."""
+    gi, bi = _where([p.gamma != 1.0 for p in params]), _where([p.blur_sigma > 0 for p in params])
+    f32 = torch.float32
+    return [torch.tensor(gi, dtype=f32), torch.tensor([params[i].gamma for i in gi], dtype=f32)[:, None],
+            torch.tensor([p.contrast for p in params], dtype=f32)[:, None],
+            torch.tensor([p.bias for p in params], dtype=f32).view(len(params), N_BIAS),
+            torch.tensor(bi, dtype=f32), blur_weights([params[i].blur_sigma for i in bi])]
+
+
+def intensity_views(x: torch.Tensor, params: Sequence[ViewParams], fused: bool = True,
+                    parts: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """(V, S, S, S) resampled views -> the MONAI path's intensity steps in its order, in place:
     [0, 1] min-max, gamma, contrast, bias field, spike, Gibbs, noise, blur, z-score.
     A step that MONAI skips for a view (gamma 1, no bias ...) is skipped for that view.
     On a CPU (``fused``, with numba) the steps run as a few fused passes per view
-    (:mod:`medcl.augment._cpu`); elsewhere as torch operations on the whole batch."""
+    (:mod:`medcl.augment._cpu`); elsewhere as torch operations on the whole batch, with the
+    numbers of :func:`intensity_parts` (``parts``: already on ``x``'s device, else copied here
+    in one transfer)."""
     if fused and x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous():
         return _intensity_numba(x, params, _cpu)
     v, s = x.shape[0], x.shape[-1]
     dev = x.device
+    gamma_rows, gammas, contrast, coefs, blur_rows, blur_w = (
+        to_device(intensity_parts(params), dev) if parts is None else parts)
     flat = x.view(v, -1)
     lo, hi = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
     d = (hi - lo).clamp_min(1e-6)
@@ -203,19 +223,15 @@ def intensity_views(x: torch.Tensor, params: Sequence[ViewParams], fused: bool =
         for i, r in zip(idx, rho[idx].view(-1).tolist()):
             flat[i].div_(r + GAMMA_EPS).pow_(params[i].gamma).mul_(r)
     elif idx:                       # on a GPU: one kernel each, and no device-to-host sync
-        g = _col([params[i].gamma for i in idx], dev)
-        ix = torch.tensor(idx, device=dev)
+        ix = gamma_rows.long()
         r = rho[ix]
-        flat[ix] = flat[ix].div_(r + GAMMA_EPS).pow_(g).mul_(r)
-    con = [p.contrast != 1.0 for p in params]
-    if any(con):
-        c = _col([p.contrast if f else 1.0 for p, f in zip(params, con)], dev)
+        flat[ix] = flat[ix].div_(r + GAMMA_EPS).pow_(gammas).mul_(r)
+    if any(p.contrast != 1.0 for p in params):  # a view without has contrast 1: unchanged
         m = flat.mean(1, keepdim=True)
-        flat.mul_(c).add_(m * (1 - c))          # (x - m) c + m
+        flat.mul_(contrast).add_(m * (1 - contrast))          # (x - m) c + m
     if any(any(p.bias) for p in params):        # coefficients 0 give the field 1
         # term by term (as views.bias_field sums them), not as one matrix product: a BLAS
         # product's rounding depends on the batch's size, and a view must not
-        coefs = torch.tensor([p.bias for p in params], dtype=torch.float32).to(dev, non_blocking=True)
         basis = _bias_basis(s, str(dev))
         log_field = basis[0] * coefs[:, :1]
         for k in range(1, N_BIAS):
@@ -230,7 +246,8 @@ def intensity_views(x: torch.Tensor, params: Sequence[ViewParams], fused: bool =
                 flat[i].add_(torch.randn((1, s, s, s), generator=gen, device=dev).view(-1), alpha=p.noise_std)
     idx = _where([p.blur_sigma > 0 for p in params])
     if idx:
-        x[idx] = gaussian_blur(x[idx], [params[i].blur_sigma for i in idx])
+        ix = blur_rows.long()
+        x[ix] = gaussian_blur(x[ix], [params[i].blur_sigma for i in idx], blur_w)
     n = flat.shape[1]
     mean = flat.mean(1, keepdim=True)
     var = (torch.linalg.vector_norm(flat, dim=1, keepdim=True) ** 2 - n * mean ** 2) / (n - 1)

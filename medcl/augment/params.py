@@ -39,6 +39,7 @@ from medcl.config import AugmentConfig
 from medcl.data.ingest import MIN_FOREGROUND_EDGE
 
 N_BIAS = 10  # polynomial terms of degree <= 2 in three variables
+Box = tuple[np.ndarray, np.ndarray]   # (lo, hi) voxel corners of a foreground box, hi exclusive
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,9 @@ def foreground_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(lo, hi) voxel corners of the mask's bounding box (hi exclusive).
 
     From the mask's projections on the three axes (the same box as ``np.argwhere``'s min and
-    max, at a fraction of the cost: this runs once per pair).
+    max, at a fraction of the cost). The pair sources compute it once per scan, when they take
+    the cohort in, and pass it to the samplers (their ``box`` argument); read-only arrays, as
+    the box is shared by every view of the scan.
     """
     lo, hi = [], []
     for axis in range(mask.ndim):
@@ -78,7 +81,10 @@ def foreground_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError("empty foreground mask: nothing to crop")
         lo.append(hit[0])
         hi.append(hit[-1] + 1)
-    return np.array(lo, dtype=np.int64), np.array(hi, dtype=np.int64)
+    box = np.array(lo, dtype=np.int64), np.array(hi, dtype=np.int64)
+    for corner in box:
+        corner.setflags(write=False)
+    return box
 
 
 def _intersection(a: ViewParams, b: ViewParams) -> float:
@@ -173,14 +179,16 @@ def sample_spike(rng: np.random.Generator, view_size: int, amplitude: tuple[floa
     return {"spike_loc": loc, "spike_intensity": float(np.log(a * s ** 3))}
 
 
-def sample_pair(rng: np.random.Generator, mask: np.ndarray, cfg: AugmentConfig) -> tuple[ViewParams, ViewParams]:
+def sample_pair(rng: np.random.Generator, mask: np.ndarray, cfg: AugmentConfig,
+                box: Box | None = None) -> tuple[ViewParams, ViewParams]:
     """Two views of one scan that satisfy the anatomy constraints (see module docstring).
+    ``box``: the mask's :func:`foreground_box`, when the caller holds it (else computed here).
 
     Rejection sampling with ``cfg.max_tries`` attempts; if none passes (a tiny or odd mask),
     both views fall back to the whole foreground box, which satisfies the overlap constraint
     trivially and keeps all anatomy.
     """
-    lo, hi = foreground_box(mask)
+    lo, hi = foreground_box(mask) if box is None else box
     for _ in range(cfg.max_tries):
         crops = [_sample_crop(rng, lo, hi, cfg.crop_scale) for _ in range(2)]
         views = [ViewParams(start, size, **_sample_rest(rng, cfg)) for start, size in crops]
@@ -193,7 +201,7 @@ def sample_pair(rng: np.random.Generator, mask: np.ndarray, cfg: AugmentConfig) 
 
 
 def sample_locals(rng: np.random.Generator, mask: np.ndarray, cfg: AugmentConfig,
-                  global_views: Sequence[ViewParams]) -> tuple[ViewParams, ...]:
+                  global_views: Sequence[ViewParams], box: Box | None = None) -> tuple[ViewParams, ...]:
     """``cfg.local_views`` local views (multi-crop), resampled to ``cfg.local_size``.
 
     A local crop uses one scale in ``cfg.local_scale`` for the three axes of the foreground box
@@ -201,9 +209,9 @@ def sample_locals(rng: np.random.Generator, mask: np.ndarray, cfg: AugmentConfig
     ``cfg.min_overlap`` of it lies inside one of the global crops, so a local view shows a part
     of the anatomy that a global view shows. Rejection sampling as :func:`sample_pair`; a view
     that finds no crop in ``cfg.max_tries`` falls back to the crop of the middle scale centred in
-    the first global crop (inside it, hence overlapping it fully).
+    the first global crop (inside it, hence overlapping it fully). ``box`` as in :func:`sample_pair`.
     """
-    lo, hi = foreground_box(mask)
+    lo, hi = foreground_box(mask) if box is None else box
     return tuple(_sample_local(rng, mask, lo, hi, cfg, global_views) for _ in range(cfg.local_views))
 
 
@@ -222,12 +230,15 @@ def _sample_local(rng: np.random.Generator, mask: np.ndarray, lo: np.ndarray, hi
                       **_sample_rest(rng, cfg, cfg.local_size))
 
 
-def sample_views(rng: np.random.Generator, mask: np.ndarray, cfg: AugmentConfig) -> tuple[ViewParams, ...]:
+def sample_views(rng: np.random.Generator, mask: np.ndarray, cfg: AugmentConfig,
+                 box: Box | None = None) -> tuple[ViewParams, ...]:
     """Every view of one scan: the two global views of :func:`sample_pair`, then the
     ``cfg.local_views`` local views of :func:`sample_locals`, from the one generator (drawn
-    after the pair's, so with ``local_views = 0`` the views are exactly :func:`sample_pair`'s)."""
-    pair = sample_pair(rng, mask, cfg)
-    return pair + sample_locals(rng, mask, cfg, pair)
+    after the pair's, so with ``local_views = 0`` the views are exactly :func:`sample_pair`'s).
+    ``box``: the mask's :func:`foreground_box` (computed here when not given)."""
+    box = foreground_box(mask) if box is None else box
+    pair = sample_pair(rng, mask, cfg, box)
+    return pair + sample_locals(rng, mask, cfg, pair, box)
 
 
 def identity_view(mask: np.ndarray) -> ViewParams:

@@ -15,7 +15,7 @@ import torch
 from monai.transforms import (AdjustContrast, Affine, Flip, GaussianSmooth, GibbsNoise, KSpaceSpikeNoise, Resize,
                               SpatialCrop)
 
-from medcl.augment.params import N_BIAS, ViewParams, identity_view, sample_pair, sample_views
+from medcl.augment.params import N_BIAS, Box, ViewParams, identity_view, sample_pair, sample_views
 from medcl.config import AugmentConfig
 
 
@@ -75,18 +75,20 @@ def intensity_view(x: torch.Tensor, p: ViewParams) -> torch.Tensor:
     return ((x - x.mean()) / x.std().clamp_min(1e-6)).float()
 
 
-def make_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
-              cfg: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor, tuple[ViewParams, ViewParams]]:
-    """Sample two views' parameters and apply them: (view1, view2, params)."""
-    p1, p2 = sample_pair(rng, mask, cfg)
+def make_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig,
+              box: Box | None = None) -> tuple[torch.Tensor, torch.Tensor, tuple[ViewParams, ViewParams]]:
+    """Sample two views' parameters and apply them: (view1, view2, params); ``box``: the mask's
+    foreground box when the caller holds it (:func:`medcl.augment.params.sample_pair`)."""
+    p1, p2 = sample_pair(rng, mask, cfg, box)
     return apply_view(image, p1, cfg.view_size), apply_view(image, p2, cfg.view_size), (p1, p2)
 
 
-def make_views(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
-               cfg: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[ViewParams, ...]]:
-    """Every view of one scan (:func:`medcl.augment.params.sample_views`): (view1, view2, local
-    views (L, 1, s, s, s) at ``cfg.local_size`` or None without multi-crop, params)."""
-    params = sample_views(rng, mask, cfg)
+def make_views(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig,
+               box: Box | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[ViewParams, ...]]:
+    """Every view of one scan (:func:`medcl.augment.params.sample_views`, ``box`` as there):
+    (view1, view2, local views (L, 1, s, s, s) at ``cfg.local_size`` or None without
+    multi-crop, params)."""
+    params = sample_views(rng, mask, cfg, box)
     v1, v2 = (apply_view(image, p, cfg.view_size) for p in params[:2])
     local = torch.stack([apply_view(image, p, cfg.local_size) for p in params[2:]]) if len(params) > 2 else None
     return v1, v2, local, params

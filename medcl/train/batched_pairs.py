@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medcl.augment.batched import apply_pairs, apply_views
-from medcl.augment.params import ViewParams, sample_views, union_box
+from medcl.augment.params import Box, ViewParams, foreground_box, sample_views, union_box
 from medcl.config import AugmentConfig
 from medcl.data.cohort import Cohort
 from medcl.train.pairs import Batch, PairSource
@@ -67,15 +67,19 @@ class ParamDrawer(Dataset):
 
     Reads only bytes: the masks (``masks`` given: the parent's arrays, shared by fork and only
     read; else memory-mapped from ``mask_files``) and, when ``image_files`` is given (stream),
-    the region of each image that the crops need.
+    the region of each image that the crops need. Each scan's foreground box is computed once,
+    here (``boxes``: given by a caller that holds them), not once per pair.
     """
 
     def __init__(self, cfg: AugmentConfig, seed: int, masks: Sequence[np.ndarray] | None = None,
-                 mask_files: Sequence[Path] | None = None, image_files: Sequence[Path] | None = None):
+                 mask_files: Sequence[Path] | None = None, image_files: Sequence[Path] | None = None,
+                 boxes: Sequence[Box] | None = None):
         if masks is None and mask_files is None:
             raise ValueError("ParamDrawer: give the masks or their files")
         self.cfg, self.seed = cfg, seed
         self.masks, self.mask_files, self.image_files = masks, mask_files, image_files
+        n = len(masks) if masks is not None else len(mask_files)
+        self.boxes = list(boxes) if boxes is not None else [foreground_box(self.mask(i)) for i in range(n)]
 
     def mask(self, i: int) -> np.ndarray:
         if self.masks is not None:
@@ -85,7 +89,8 @@ class ParamDrawer(Dataset):
 
     def __getitem__(self, request: Request) -> BatchParams:
         epoch, indices = request
-        pairs = [sample_views(np.random.default_rng([self.seed, epoch, i]), self.mask(i), self.cfg) for i in indices]
+        pairs = [sample_views(np.random.default_rng([self.seed, epoch, i]), self.mask(i), self.cfg, self.boxes[i])
+                 for i in indices]
         out = BatchParams(list(indices), pairs)
         if self.image_files is not None:
             out.regions, out.origins = [], []

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medcl.augment import make_views
+from medcl.augment.params import Box, foreground_box
 from medcl.config import AugmentConfig
 from medcl.data.cohort import Cohort
 from medcl.train.pairs import Batch, PairSource, load_scans
@@ -20,13 +21,15 @@ class ScanPairs(Dataset):
     """Scan ``i`` -> (view1, view2, label id[, local views]), the views of (seed, epoch, i)
     reproducible; the local views (L, 1, s, s, s) only with ``cfg.local_views > 0``.
 
-    Holds the scans in memory (float16, see :func:`medcl.train.pairs.load_scans`); ``epoch`` is
-    set before each epoch's loader starts (its worker processes copy the dataset then).
+    Holds the scans in memory (float16, see :func:`medcl.train.pairs.load_scans`) and each
+    scan's foreground box, computed once here (``boxes``: given by a caller that holds them);
+    ``epoch`` is set before each epoch's loader starts (its worker processes copy the dataset then).
     """
 
     def __init__(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], labels: Sequence[int],
-                 cfg: AugmentConfig, seed: int = 0):
+                 cfg: AugmentConfig, seed: int = 0, boxes: Sequence[Box] | None = None):
         self.images, self.masks, self.labels = images, masks, list(labels)
+        self.boxes = list(boxes) if boxes is not None else [foreground_box(m) for m in masks]
         self.cfg, self.seed, self.epoch = cfg, seed, 0
 
     @classmethod
@@ -38,7 +41,7 @@ class ScanPairs(Dataset):
 
     def __getitem__(self, i: int) -> tuple:
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        v1, v2, local, _ = make_views(self.images[i], self.masks[i], rng, self.cfg)
+        v1, v2, local, _ = make_views(self.images[i], self.masks[i], rng, self.cfg, self.boxes[i])
         return (v1, v2, self.labels[i]) if local is None else (v1, v2, self.labels[i], local)
 
 
