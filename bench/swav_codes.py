@@ -14,6 +14,8 @@ One JSON line per step (docs/methods.md, "SwAV and multi-crop on today's demo co
   every prototype, so every score is 0 and the prediction uniform);
 - ``proto_grad``: the prototypes' gradient norm (0 while frozen).
 
+With ``train.method=`` another method (a control), only ``loss`` and ``z_cos``.
+
 The statistics are taken in the step's forward pass, before its optimiser step.
 """
 
@@ -45,6 +47,13 @@ def _entropy(p: torch.Tensor) -> float:
     return float(-(p * p.clamp_min(1e-12).log()).sum(1).mean())
 
 
+def batch_cosine(z: torch.Tensor) -> float:
+    """Mean cosine between the distinct rows of ``z`` (N, D)."""
+    zn = F.normalize(z.detach().double(), dim=1)
+    sim = zn @ zn.t()
+    return float((sim.sum() - sim.diag().sum()) / (len(zn) * (len(zn) - 1)))
+
+
 def code_stats(z: torch.Tensor, prototypes: torch.Tensor, temperature: float, epsilon: float,
                iterations: int) -> dict[str, float]:
     """The statistics of the module docstring for embeddings ``z`` (N, D) and unit-norm
@@ -54,12 +63,10 @@ def code_stats(z: torch.Tensor, prototypes: torch.Tensor, temperature: float, ep
     scores = zn @ w.t()
     q = sinkhorn(scores, epsilon, iterations)
     p = F.softmax(scores / temperature, dim=1)
-    n = len(zn)
-    sim = zn @ zn.t()
     in_span = zn @ torch.linalg.pinv(w) @ w
     return {"H_code": _entropy(q), "H_pred": _entropy(p), "used_code": int(q.argmax(1).unique().numel()),
             "used_pred": int(p.argmax(1).unique().numel()),
-            "z_cos": float((sim.sum() - sim.diag().sum()) / (n * (n - 1))),
+            "z_cos": batch_cosine(zn),
             "in_span": float(in_span.norm(dim=1).mean()), "ln_K": math.log(len(w))}
 
 
@@ -81,14 +88,17 @@ def main(argv: list[str]) -> list[dict]:
             for batch in source.batches(epoch_batches(len(cohort), plan.global_batch, t.seed, epoch), epoch):
                 if len(rows) == steps:
                     break
-                w = method.prototypes.weight.detach().clone()
+                protos = getattr(method, "prototypes", None)
+                w = protos.weight.detach().clone() if protos is not None else None
                 logs = train_step(trainer.model, trainer.state, batch, trainer.precision, plan.total_steps,
                                   t.collapse_threshold, info.device, health=False)
                 trainer.state.advance()
-                grad = method.prototypes.weight.grad
-                row = {"step": len(rows), "loss": float(logs["loss"]),
-                       **code_stats(seen["z"][:len(batch[0])], w, t.temperature, t.swav_epsilon, t.swav_iterations),
-                       "proto_grad": float(grad.norm()) if grad is not None else 0.0}
+                z = seen["z"][:len(batch[0])]
+                row = {"step": len(rows), "loss": float(logs["loss"]), "z_cos": batch_cosine(z)}
+                if protos is not None:
+                    grad = protos.weight.grad
+                    row.update(code_stats(z, w, t.temperature, t.swav_epsilon, t.swav_iterations),
+                               proto_grad=float(grad.norm()) if grad is not None else 0.0)
                 rows.append(row)
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     finally:
