@@ -190,3 +190,30 @@ def test_local_views_predict_the_global_codes():
     assert out.loss.item() == pytest.approx(swav([x @ w.t() for x in z], 0.2).item(), rel=1e-5)
     (g,) = torch.autograd.grad(out.loss, loc)
     assert g[:, 0].abs().sum() > 0 and g[:, 1].abs().sum() > 0      # both local views are trained
+
+
+# ---- bench/swav_codes.py's statistics (the collapse diagnosis in docs/methods.md) ---------------
+
+def _bench_swav_codes():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "bench" / "swav_codes.py"
+    spec = importlib.util.spec_from_file_location("swav_codes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_code_stats_tell_the_collapsed_batch_from_the_spread_one():
+    stats = _bench_swav_codes().code_stats
+    protos = torch.eye(6)[:4]                       # 4 orthonormal prototypes in 6 dimensions
+    collapsed = torch.zeros(8, 6)
+    collapsed[:, 5] = 2.0                           # every sample the same, orthogonal to every prototype
+    c = stats(collapsed, protos, 0.1, 0.05, 3)
+    assert c["H_code"] == pytest.approx(math.log(4)) and c["H_pred"] == pytest.approx(math.log(4))
+    assert c["z_cos"] == pytest.approx(1.0) and c["in_span"] == pytest.approx(0.0, abs=1e-9)
+    spread = torch.eye(6)[[0, 1, 2, 3, 0, 1, 2, 3]] * 3.0    # two samples on each prototype
+    s = stats(spread, protos, 0.1, 0.05, 3)
+    assert s["used_code"] == 4 and s["used_pred"] == 4
+    assert s["H_code"] < 1e-3 and s["H_pred"] < 0.01          # one-hot codes, confident predictions
+    assert s["z_cos"] == pytest.approx(1 / 7) and s["in_span"] == pytest.approx(1.0)
