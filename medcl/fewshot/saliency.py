@@ -42,7 +42,7 @@ METHODS = ("occlusion", "gradcam")
 
 class ClassScores(nn.Module):
     """``(B, 1, S, S, S)`` views -> ``(B, C)`` class logits of ``head`` on ``encoder``'s features
-    (divided by the head's temperature: the calibrated logits)."""
+    (with the head's vector scaling and temperature: the calibrated logits)."""
 
     def __init__(self, encoder: nn.Module, head):
         super().__init__()
@@ -50,13 +50,15 @@ class ClassScores(nn.Module):
         self.register_buffer("mean", torch.as_tensor(head.mean_, dtype=torch.float32))
         self.register_buffer("weight", torch.as_tensor(head.weight_, dtype=torch.float32))
         self.register_buffer("bias", torch.as_tensor(head.bias_, dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(getattr(head, "scale_", np.ones(len(head.bias_))), dtype=torch.float32))
+        self.register_buffer("shift", torch.as_tensor(getattr(head, "shift_", np.zeros(len(head.bias_))), dtype=torch.float32))
         self.normalise, self.temperature = bool(head.normalise), float(getattr(head, "temperature", 1.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.encoder(x) - self.mean
         if self.normalise:
             z = F.normalize(z, dim=1)
-        return (z @ self.weight.T + self.bias) / self.temperature
+        return ((z @ self.weight.T + self.bias) * self.scale + self.shift) / self.temperature
 
 
 def view_saliency(encoder: nn.Module, head, view: torch.Tensor, class_idx: int, method: str = "occlusion",
