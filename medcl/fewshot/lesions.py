@@ -76,7 +76,7 @@ def lesion_concentration(encoder, head, cohort, masks: dict, view_size: int, met
     95% of the others. ``keep_maps``: each scan's entry keeps its ``saliency`` (image grid) and ``row``."""
     k = int(np.flatnonzero(np.asarray(head.classes_).astype(str) == lesion_class)[0])
     keys, subjects = cohort.scan_keys, cohort.subjects
-    rows = [i for i in range(len(cohort)) if cohort.labels[i] == lesion_class and keys[i] in masks]
+    rows = [i for i in range(len(cohort)) if cohort.labels[i] == lesion_class and keys[i] in masks and masks[keys[i]].any()]
     per_scan = []
     for i in rows[:max_scans]:
         image, brain = cohort.image(i), cohort.mask(i)
@@ -92,5 +92,5 @@ def lesion_concentration(encoder, head, cohort, masks: dict, view_size: int, met
         subj = np.unique(subjects[rows[:len(per_scan)]], return_inverse=True)[1]
         mean, ci = subject_bootstrap_mean(np.nan_to_num(ratios), subj, ok, n_boot, seed)
         out.update(median_ratio=float(np.median(ratios[ok])), mean_ratio=mean, mean_ratio_ci95=ci,
-                   fraction_above_95=float(np.mean([c["fraction_above"] >= 0.95 for c in per_scan])))
+                   fraction_above_95=float(np.mean([(c["fraction_above"] or 0) >= 0.95 for c in per_scan])))
     return out

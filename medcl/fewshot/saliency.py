@@ -140,6 +140,9 @@ def concentration(saliency: np.ndarray, mask: np.ndarray, within: np.ndarray | N
                     for _ in range(n_shuffle)]
     inside = float(s[mask].mean())
     base = np.array([float(s[m].mean()) for m in (np.asarray(b, bool) & within for b in baseline) if m.any()])
+    if not len(base):
+        return {"inside": inside, "baseline_mean": None, "baseline_95": None, "fraction_above": None, "ratio": None,
+                "n_baseline": 0}
     mean = float(base.mean())
     return {"inside": inside, "baseline_mean": mean, "baseline_95": float(np.percentile(base, 95)),
             "fraction_above": float(np.mean(inside > base)), "ratio": inside / mean if mean > 0 else None,
