@@ -47,12 +47,15 @@ def _scores(y, p) -> dict:
 
 
 def _methods(L, Lc, yc, T_support, ye) -> dict:
-    """Each calibration of raw evaluation scores ``L`` (calibration scans: ``Lc``, ``yc``)."""
+    """Each calibration of raw evaluation scores ``L`` (calibration scans: ``Lc``, ``yc``): its
+    probabilities and its temperature (None: not a temperature)."""
     half = np.arange(len(yc)) % 2 == 0
     a, b = fit_vector_scaling(Lc[half], yc[half])
-    return {"raw": softmax(L), "support T": softmax(L / T_support), "calibration-split T": softmax(L / _best_T(Lc, yc)),
-            "best T on the evaluation scans (diagnostic)": softmax(L / _best_T(L, ye)),
-            "vector scaling, half the calibration split": softmax(L * a + b)}
+    T_cal, T_best = _best_T(Lc, yc), _best_T(L, ye)
+    return {"raw": (softmax(L), 1.0), "support T": (softmax(L / T_support), T_support),
+            "calibration-split T": (softmax(L / T_cal), T_cal),
+            "best T on the evaluation scans (diagnostic)": (softmax(L / T_best), T_best),
+            "vector scaling, half the calibration split": (softmax(L * a + b), None)}
 
 
 def main() -> int:
@@ -80,8 +83,8 @@ def main() -> int:
         rest[pick] = False
         T = support_temperature("prototype", F[pick], pool.labels[pick], pool.subjects[pick])
         L = h.decision_function(Fe)
-        for k, p in _methods(L, h.decision_function(F[rest]), y[rest], T, ye).items():
-            out.setdefault(k, []).append(_scores(ye, p))
+        for k, (p, t) in _methods(L, h.decision_function(F[rest]), y[rest], T, ye).items():
+            out.setdefault(k, []).append({**_scores(ye, p), "T": None if t is None else round(float(t), 3)})
     reg = {k: v[0] for k, v in out.items()}
     p = softmax(head.decision_function(Fe) / _best_T(head.decision_function(Fe), ye))
     floor = [expected_calibration_error((rng.random((len(ye), 1)) > p.cumsum(1)).sum(1), p) for _ in range(500)]
@@ -89,7 +92,8 @@ def main() -> int:
                                                  "p95": round(float(np.percentile(floor, 95)), 4)},
            "random_supports": {k: {"ece_median": round(float(np.median([s["ece"] for s in v[1:]])), 4),
                                    "ece_5_95": [round(float(np.percentile([s["ece"] for s in v[1:]], q)), 4) for q in (5, 95)],
-                                   "share_ece_at_most_0.10": round(float(np.mean([s["ece"] <= 0.10 for s in v[1:]])), 3)}
+                                   "share_ece_at_most_0.10": round(float(np.mean([s["ece"] <= 0.10 for s in v[1:]])), 3),
+                                   "T_median": None if v[1]["T"] is None else float(np.median([s["T"] for s in v[1:]]))}
                                for k, v in out.items()} if a.supports else {}}
     print(json.dumps(res, indent=1))
     return 0
