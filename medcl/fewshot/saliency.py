@@ -42,7 +42,10 @@ METHODS = ("occlusion", "gradcam")
 
 class ClassScores(nn.Module):
     """``(B, 1, S, S, S)`` views -> ``(B, C)`` class logits of ``head`` on ``encoder``'s features
-    (with the head's vector scaling and temperature: the calibrated logits)."""
+    (divided by the head's temperature). A vector-scaled head's calibration (``scale_``,
+    ``shift_``) is left out on purpose: it maps class ``c``'s score to ``a_c * s + b_c``, which
+    only multiplies that class's map by ``a_c >= 0``, and a class whose ``a_c`` is 0 (its score
+    says nothing the others do not) would get an empty map; the head's own score is explained."""
 
     def __init__(self, encoder: nn.Module, head):
         super().__init__()
@@ -50,15 +53,13 @@ class ClassScores(nn.Module):
         self.register_buffer("mean", torch.as_tensor(head.mean_, dtype=torch.float32))
         self.register_buffer("weight", torch.as_tensor(head.weight_, dtype=torch.float32))
         self.register_buffer("bias", torch.as_tensor(head.bias_, dtype=torch.float32))
-        self.register_buffer("scale", torch.as_tensor(getattr(head, "scale_", np.ones(len(head.bias_))), dtype=torch.float32))
-        self.register_buffer("shift", torch.as_tensor(getattr(head, "shift_", np.zeros(len(head.bias_))), dtype=torch.float32))
         self.normalise, self.temperature = bool(head.normalise), float(getattr(head, "temperature", 1.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.encoder(x) - self.mean
         if self.normalise:
             z = F.normalize(z, dim=1)
-        return ((z @ self.weight.T + self.bias) * self.scale + self.shift) / self.temperature
+        return (z @ self.weight.T + self.bias) / self.temperature
 
 
 def view_saliency(encoder: nn.Module, head, view: torch.Tensor, class_idx: int, method: str = "occlusion",
