@@ -46,15 +46,16 @@ def _demo_index(path: Path) -> int:
 
 
 def demo_lesion_masks(cohort, nifti_dir: Path, seed: int, spacing: float, crop_margin: int,
-                      threshold: float = 0.5) -> dict[str, np.ndarray]:
-    """``{scan_key: bool mask on the cohort image's grid}`` of every scan of ``cohort`` whose
-    source is one of the demo's files in ``nifti_dir`` (simulated with ``seed`` at ``spacing``)."""
+                      threshold: float = 0.5, keys=None) -> dict[str, np.ndarray]:
+    """``{scan_key: bool mask on the cohort image's grid}`` of every scan of ``cohort`` (or of its
+    scan keys in ``keys``) whose source is one of the demo's files in ``nifti_dir`` (simulated with
+    ``seed`` at ``spacing``)."""
     by_hash = {source_sha256(ScanSource(p, "", "", "nifti")): p for p in sorted(Path(nifti_dir).glob("sub-demo*.nii*"))}
     tpl = load_template(float(spacing))
     out = {}
     for i, row in enumerate(cohort.rows):
         path = by_hash.get(row["source_sha256"])
-        if path is None:
+        if path is None or (keys is not None and row["scan_key"] not in keys):
             continue
         image_shape = cohort.image(i).shape
         _, image_affine = template_crop(image_shape, spacing, crop_margin)

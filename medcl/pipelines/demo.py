@@ -49,7 +49,8 @@ DEPLOY_SHOTS = 5
 # cores, docs/performance.md), and per further seed its embeddings, primary head and probe.
 FEWSHOT_ALLOWANCE_S = 90.0
 SEED_EVAL_ALLOWANCE_S = 10.0
-LESION_SCANS = 10   # lesion-class evaluation scans whose saliency is checked against their simulated lesions
+LESION_SCANS = 10   # lesion-class evaluation scans whose saliency is checked against their simulated lesions ...
+BASELINE_MASKS = 40  # ... and other evaluation scans whose lesion masks join theirs in the shuffled-mask baseline
 
 
 def montage_samples(cohort: Cohort, cfg: Config, seed: int = 0) -> list[MontageSample]:
@@ -234,14 +235,18 @@ def _saliency(cfg: Config, encoder, head, fs, nifti_dir: Path) -> dict:
     """The report's saliency block: the registered head's maps on a few evaluation scans per
     class, with the template's regions when the cohort is registered to it and brain-masked, and
     then the lesion class's saliency inside the simulated lesions of up to LESION_SCANS
-    lesion-class evaluation scans against the other evaluation subjects' lesion masks."""
+    lesion-class evaluation scans against the lesion masks of the others and of BASELINE_MASKS
+    further evaluation subjects (about 0.3 s a mask)."""
     f = cfg.fewshot
     if f.saliency == "none":
         return {}
     regions, lesions = None, None
     if cfg.data.register != "none" and cfg.data.brain_mask == "template":
         regions = template_regions(fs.cohort.image(0).shape, cfg.data.spacing, cfg.data.crop_margin)
-        masks = demo_lesion_masks(fs.cohort, nifti_dir, cfg.demo.seed, cfg.data.spacing, cfg.data.crop_margin)
+        lesion = fs.cohort.labels == "lesion"
+        keys = set(fs.cohort.scan_keys[lesion][:LESION_SCANS]) | set(fs.cohort.scan_keys[~lesion][:BASELINE_MASKS])
+        masks = demo_lesion_masks(fs.cohort, nifti_dir, cfg.demo.seed, cfg.data.spacing, cfg.data.crop_margin,
+                                  keys=keys)
         lesions = lesion_concentration(encoder, head, fs.cohort, masks, cfg.augment.view_size, f.saliency,
                                        max_scans=LESION_SCANS, n_boot=f.n_boot, seed=f.seed)
     examples = explain_examples(encoder, head, fs.cohort, fs.features["pretrained"], cfg.augment.view_size,
