@@ -72,9 +72,10 @@ def lesion_concentration(encoder, head, cohort, masks: dict, view_size: int, met
                          seed: int = 0, keep_maps: bool = False) -> dict:
     """Saliency of ``lesion_class``'s score on the lesion-class scans of ``cohort`` that have a
     mask (the first ``max_scans``), inside their own lesions against every other subject's
-    lesion mask: per scan :func:`~medcl.fewshot.saliency.concentration`, and over scans the
-    median and mean ratio (95% bootstrap CI over scans) and the share of scans whose own mask beats
-    95% of the others. ``keep_maps``: each scan's entry keeps its ``saliency`` (image grid) and ``row``."""
+    lesion mask: per scan :func:`~medcl.fewshot.saliency.concentration`, and over the scans with
+    some positive saliency (``n_scans``; ``n_without_saliency``: maps zero in every mask) the
+    median and mean ratio (95% bootstrap CI over scans) and the share whose own mask beats 95% of
+    the others. ``keep_maps``: each scan's entry keeps its ``saliency`` (image grid) and ``row``."""
     k = int(np.flatnonzero(np.asarray(head.classes_).astype(str) == lesion_class)[0])
     keys, subjects = cohort.scan_keys, cohort.subjects
     rows = [i for i in range(len(cohort)) if cohort.labels[i] == lesion_class and keys[i] in masks and masks[keys[i]].any()]
@@ -88,10 +89,11 @@ def lesion_concentration(encoder, head, cohort, masks: dict, view_size: int, met
             per_scan[-1].update(saliency=sal, row=i)
     ratios = np.array([c["ratio"] if c["ratio"] is not None else np.nan for c in per_scan], float)
     ok = ~np.isnan(ratios)
-    out = {"method": method, "class": lesion_class, "n_scans": int(ok.sum()), "per_scan": per_scan}
+    out = {"method": method, "class": lesion_class, "n_scans": int(ok.sum()), "n_without_saliency": int((~ok).sum()),
+           "per_scan": per_scan}
     if ok.any():
         subj = np.unique(subjects[rows[:len(per_scan)]], return_inverse=True)[1]
         mean, ci = subject_bootstrap_mean(np.nan_to_num(ratios), subj, ok, n_boot, seed)
         out.update(median_ratio=float(np.median(ratios[ok])), mean_ratio=mean, mean_ratio_ci95=ci,
-                   fraction_above_95=float(np.mean([(c["fraction_above"] or 0) >= 0.95 for c in per_scan])))
+                   fraction_above_95=float(np.mean([c["fraction_above"] >= 0.95 for c, r in zip(per_scan, ok) if r])))
     return out

@@ -199,7 +199,8 @@ def saliency_section(data: dict) -> str:
 def _lesion_paragraph(les: dict) -> str:
     """Inside the simulated lesions: the ratio to the other subjects' lesion masks."""
     head = (f"<h3>Inside the simulated lesions</h3><p>Saliency ({esc(les['method'])}) of the "
-            f"{esc(les['class'])} class's score on {les['n_scans']} {esc(les['class'])}-class evaluation scans: its mean "
+            f"{esc(les['class'])} class's score on {les['n_scans']} {esc(les['class'])}-class evaluation scans "
+            f"({les.get('n_without_saliency', 0)} more had no positive saliency in any mask): its mean "
             "inside each scan's own simulated lesions (the masks the simulation knows, carried through the scan's "
             "registration) divided by its mean inside the other evaluation subjects' lesion masks (the shuffled-mask "
             "baseline: lesion-shaped regions in white matter, but not this scan's lesions; 1: no preference).</p>")
