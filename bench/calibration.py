@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medcl.data.cohort import Cohort  # noqa: E402
-from medcl.fewshot.calibrate import T_GRID, fit_vector_scaling, support_temperature  # noqa: E402
+from medcl.fewshot.calibrate import T_GRID, choose_scaling, fit_vector_scaling, support_temperature  # noqa: E402
 from medcl.fewshot.embed import embed_cohort  # noqa: E402
 from medcl.fewshot.heads import HEADS  # noqa: E402
 from medcl.fewshot.metrics import balanced_accuracy, brier_score, expected_calibration_error  # noqa: E402
@@ -51,11 +51,14 @@ def _methods(L, Lc, yc, T_support, ye) -> dict:
     probabilities and its temperature (None: not a temperature)."""
     half = np.arange(len(yc)) % 2 == 0
     a, b = fit_vector_scaling(Lc[half], yc[half])
+    a_cv, b_cv, kind = choose_scaling(Lc[half], yc[half])
     T_cal, T_best = _best_T(Lc, yc), _best_T(L, ye)
     return {"raw": (softmax(L), 1.0), "support T": (softmax(L / T_support), T_support),
             "calibration-split T": (softmax(L / T_cal), T_cal),
             "best T on the evaluation scans (diagnostic)": (softmax(L / T_best), T_best),
-            "vector scaling, half the calibration split": (softmax(L * a + b), None)}
+            "vector scaling, half the calibration split": (softmax(L * a + b), None),
+            "temperature or vector by 5-fold CV, half the calibration split (deployed)": (softmax(L * a_cv + b_cv),
+                                                                                           kind)}
 
 
 def main() -> int:
@@ -84,7 +87,7 @@ def main() -> int:
         T = support_temperature("prototype", F[pick], pool.labels[pick], pool.subjects[pick])
         L = h.decision_function(Fe)
         for k, (p, t) in _methods(L, h.decision_function(F[rest]), y[rest], T, ye).items():
-            out.setdefault(k, []).append({**_scores(ye, p), "T": None if t is None else round(float(t), 3)})
+            out.setdefault(k, []).append({**_scores(ye, p), "T": t if t is None or isinstance(t, str) else round(float(t), 3)})
     reg = {k: v[0] for k, v in out.items()}
     p = softmax(head.decision_function(Fe) / _best_T(head.decision_function(Fe), ye))
     floor = [expected_calibration_error((rng.random((len(ye), 1)) > p.cumsum(1)).sum(1), p) for _ in range(500)]
@@ -93,7 +96,10 @@ def main() -> int:
            "random_supports": {k: {"ece_median": round(float(np.median([s["ece"] for s in v[1:]])), 4),
                                    "ece_5_95": [round(float(np.percentile([s["ece"] for s in v[1:]], q)), 4) for q in (5, 95)],
                                    "share_ece_at_most_0.10": round(float(np.mean([s["ece"] <= 0.10 for s in v[1:]])), 3),
-                                   "T_median": None if v[1]["T"] is None else float(np.median([s["T"] for s in v[1:]]))}
+                                   "T_median": (float(np.median([s["T"] for s in v[1:]])) if isinstance(v[1]["T"], float)
+                                                else None),
+                                   "share_vector": (float(np.mean([s["T"] == "vector" for s in v[1:]]))
+                                                    if isinstance(v[1]["T"], str) else None)}
                                for k, v in out.items()} if a.supports else {}}
     print(json.dumps(res, indent=1))
     return 0

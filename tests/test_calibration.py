@@ -99,8 +99,10 @@ def test_known_vector_scaling_is_recovered():
 def test_the_registered_head_is_vector_scaled_on_half_its_calibration_scans(tmp_path):
     """A head far too sure and biased against one class (what a 5-shot prototype head can be):
     one temperature cannot fix it, vector scaling fitted on half the calibration scans does, on
-    other scans of the same distribution; the other half holds the conformal scores; the head
-    saves and loads with its scaling, and predicts what its calibrated probabilities say."""
+    other scans of the same distribution, and cross-validation picks it; the other half holds the
+    conformal scores; the head saves and loads with its scaling, and predicts what its calibrated
+    probabilities say. A head that is only too sharp gets a temperature (cross-validation prefers
+    the model with fewer parameters when it predicts as well)."""
     rng = np.random.default_rng(1)
     truth = np.array([0.6, 0.3, 0.2]), np.array([0.0, 0.3, 1.2])           # what the raw scores mean
     X = 3.0 * rng.normal(size=(4200, 3))
@@ -108,7 +110,7 @@ def test_the_registered_head_is_vector_scaled_on_half_its_calibration_scans(tmp_
     head = LinearHead(["a", "b", "c"], np.zeros(3), np.eye(3), np.zeros(3), False)
     labels = np.array(["a", "b", "c"])[y]
     _calibrate(head, X[:200], labels[:200], lambda: 1.0)
-    assert head.calibration == VECTOR_METHOD and len(head.conformal_scores_) == 100
+    assert head.calibration == f"vector: {VECTOR_METHOD}" and len(head.conformal_scores_) == 100
     raw, test = head.decision_function(X[200:]), y[200:]
     def nll(p):
         return -np.log(p[np.arange(len(test)), test]).mean()
@@ -119,6 +121,11 @@ def test_the_registered_head_is_vector_scaled_on_half_its_calibration_scans(tmp_
     back = LinearHead.load(tmp_path / "h.npz")
     assert np.allclose(back.predict_proba(X), head.predict_proba(X)) and np.allclose(back.shift_, head.shift_)
     assert (back.predict(X) == np.array(["a", "b", "c"])[head.predict_proba(X).argmax(1)]).all()
+    calibrated_T = LinearHead(["a", "b", "c"], np.zeros(3), np.eye(3), np.zeros(3), False)
+    y_T = _draw(softmax(X / 4.0), rng)                                     # only too sharp: a temperature will do
+    _calibrate(calibrated_T, X[:200], np.array(["a", "b", "c"])[y_T[:200]], lambda: 1.0)
+    assert calibrated_T.calibration.startswith("temperature:") and 1 / calibrated_T.scale_[0] == pytest.approx(4, rel=0.3)
+    assert np.allclose(calibrated_T.shift_, 0) and np.ptp(calibrated_T.scale_) == 0
     few = LinearHead(["a", "b", "c"], np.zeros(3), np.eye(3), np.zeros(3), False)
     _calibrate(few, X[:12], labels[:12], lambda: 2.5)                     # too few scans per class: the temperature
     assert few.temperature == 2.5 and few.calibration != VECTOR_METHOD and len(few.conformal_scores_) == 12

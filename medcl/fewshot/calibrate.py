@@ -47,13 +47,14 @@ from medcl.fewshot.heads import HEADS
 from medcl.fewshot.stats import EpisodePredictions
 
 __all__ = ["T_GRID", "support_folds", "fit_temperatures", "apply_temperature", "episode_temperatures",
-           "calibrated", "support_temperature", "fit_vector_scaling", "METHOD", "VECTOR_METHOD"]
+           "calibrated", "support_temperature", "fit_vector_scaling", "choose_scaling", "METHOD", "VECTOR_METHOD"]
 
 T_GRID = np.geomspace(0.05, 50.0, 241)
 METHOD = ("temperature scaling fitted on the support set alone: K folds, each holding out one support subject "
           "per class; NLL with Platt's smoothed targets")
-VECTOR_METHOD = ("vector scaling (a scale and a shift per class) fitted by NLL on half of the calibration scans "
-                 "(train-split subjects outside the support); the other half holds the conformal scores")
+VECTOR_METHOD = ("temperature or vector scaling (a scale and a shift per class), whichever 5-fold cross-validation "
+                 "prefers, fitted by NLL on half of the calibration scans (train-split subjects outside the support); "
+                 "the other half holds the conformal scores")
 
 
 def support_folds(batch: EpisodeBatch) -> EpisodeBatch:
@@ -142,24 +143,41 @@ def support_temperature(head: str, features, labels, subjects=None, **options) -
     return float(episode_temperatures(head, features, batch, subj, **options)[0])
 
 
-def fit_vector_scaling(logits, y, ridge: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+def fit_vector_scaling(logits, y, ridge: float = 1e-3, shared: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(scale, shift)`` ``(C,)`` minimising the NLL of ``softmax(logits * scale + shift)`` against
     class indices ``y`` (``scale >= 0``, ``shift[0] = 0``; ``ridge``: a small L2 pull of the shifts
-    and of ``scale - 1``, so a class absent from ``y`` keeps finite parameters). Convex in the
+    and of ``scale - 1``, so a class absent from ``y`` keeps finite parameters). ``shared``: one
+    scale for every class and no shift (temperature scaling, ``T = 1 / scale``). Convex in the
     parameters; L-BFGS-B from the identity."""
     L, y = np.asarray(logits, float), np.asarray(y, int)
     n, C = L.shape
     onehot = np.eye(C)[y]
+    unpack = (lambda w: (np.full(C, w[0]), np.zeros(C))) if shared else (lambda w: (w[:C], np.r_[0.0, w[C:]]))
 
     def nll(w):
-        a, b = w[:C], np.r_[0.0, w[C:]]
-        z = L * a + b
-        lp = log_softmax(z, axis=1)
+        a, b = unpack(w)
+        lp = log_softmax(L * a + b, axis=1)
         g = np.exp(lp) - onehot                              # d NLL / d z, per scan
         reg = ridge * (np.sum((a - 1.0) ** 2) + np.sum(b ** 2))
-        grad = np.r_[(g * L).sum(0) / n + 2 * ridge * (a - 1.0), g[:, 1:].sum(0) / n + 2 * ridge * b[1:]]
-        return -(lp * onehot).sum() / n + reg, grad
+        ga, gb = (g * L).sum(0) / n + 2 * ridge * (a - 1.0), g[:, 1:].sum(0) / n + 2 * ridge * b[1:]
+        return -(lp * onehot).sum() / n + reg, (np.array([ga.sum()]) if shared else np.r_[ga, gb])
 
-    w = minimize(nll, np.r_[np.ones(C), np.zeros(C - 1)], jac=True, method="L-BFGS-B",
-                 bounds=[(0.0, None)] * C + [(None, None)] * (C - 1)).x
-    return w[:C], np.r_[0.0, w[C:]]
+    start = np.ones(1) if shared else np.r_[np.ones(C), np.zeros(C - 1)]
+    bounds = [(0.0, None)] * (1 if shared else C) + ([] if shared else [(None, None)] * (C - 1))
+    return unpack(minimize(nll, start, jac=True, method="L-BFGS-B", bounds=bounds).x)
+
+
+def choose_scaling(logits, y, folds: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """Temperature or vector scaling, whichever predicts held-out scans better (NLL, ``folds``-fold
+    cross-validation on ``logits``/``y``), refitted on all of them: ``(scale, shift, kind)``."""
+    L, y = np.asarray(logits, float), np.asarray(y, int)
+    fold = np.random.default_rng(seed).permutation(len(y)) % folds
+    cv = {}
+    for kind in ("temperature", "vector"):
+        lp = []
+        for f in range(folds):
+            a, b = fit_vector_scaling(L[fold != f], y[fold != f], shared=kind == "temperature")
+            lp.append(log_softmax(L[fold == f] * a + b, axis=1)[np.arange((fold == f).sum()), y[fold == f]])
+        cv[kind] = -np.concatenate(lp).mean()
+    kind = min(cv, key=cv.get)
+    return (*fit_vector_scaling(L, y, shared=kind == "temperature"), kind)

@@ -27,8 +27,8 @@ from medcl.config import Config, FewShotConfig, config_to_dict, flatten
 from medcl.data.cohort import Cohort
 from medcl.fewshot.baselines import SOURCE_LABELS, linear_probe, pca_features, scratch_predictions
 from medcl.fewshot.budget import evaluate_budget
-from medcl.fewshot.calibrate import (METHOD as CALIBRATION_METHOD, VECTOR_METHOD, calibrated, episode_temperatures,
-                                     fit_vector_scaling, support_temperature)
+from medcl.fewshot.calibrate import (METHOD as CALIBRATION_METHOD, VECTOR_METHOD, calibrated, choose_scaling,
+                                     episode_temperatures, support_temperature)
 from medcl.fewshot.conformal import calibrate_head, episode_sets, set_summary
 from medcl.fewshot.curve import learning_curve
 from medcl.fewshot.embed import cohort_views, embed_cohort, embed_views, tsne_map
@@ -382,8 +382,8 @@ def _calibrate(head: LinearHead, features: np.ndarray, labels, support_T) -> Non
     fit = np.arange(len(labels)) % 2 == 0
     if all(min((labels[part] == c).sum() for part in (fit, ~fit)) >= MIN_VECTOR_SCANS for c in names):
         y = np.array([names.index(v) for v in labels[fit]])
-        head.scale_, head.shift_ = fit_vector_scaling(head.decision_function(features[fit]), y)
-        head.calibration = VECTOR_METHOD
+        head.scale_, head.shift_, kind = choose_scaling(head.decision_function(features[fit]), y)
+        head.calibration = f"{kind}: {VECTOR_METHOD}"
         calibrate_head(head, features[~fit], labels[~fit])
         return
     head.temperature, head.calibration = support_T(), CALIBRATION_METHOD

@@ -93,9 +93,11 @@ def _deployed(d: dict) -> str:
     """The registered model on the evaluation scans: ECE before and after, its sets."""
     rows = [[name, fmt(d[name]["ece"], d[name]["ece_ci95"]), fmt(d[name]["brier"], d[name]["brier_ci95"])]
             for name in ("before", "after")]
-    how = (f"temperature {d['temperature']:.2f}, fitted on its own support" if not d.get("calibration", "").startswith(
-        "vector") else "vector scaling: scale " + ", ".join(f"{v:.2f}" for v in d["scale"]) + "; shift "
-        + ", ".join(f"{v:.2f}" for v in d["shift"]) + ", fitted on half of its calibration scans")
+    kind = d.get("calibration", "").split(":")[0]
+    how = {"vector": "vector scaling: scale " + ", ".join(f"{v:.2f}" for v in d.get("scale", [])) + "; shift "
+                     + ", ".join(f"{v:.2f}" for v in d.get("shift", [])) + ", fitted on half of its calibration scans",
+           "temperature": f"temperature {1 / max(d.get('scale', [1.0])[0], 1e-9):.2f}, fitted on half of its calibration "
+                          "scans"}.get(kind, f"temperature {d['temperature']:.2f}, fitted on its own support")
     text = (f"<h3>The registered model</h3><p>Its head ({esc(how)}) on the {d['n_scans']} evaluation scans, which none "
             "of its support or calibration subjects hold; before: its raw scores, after: calibrated:</p>"
             + table(["", "ECE", "Brier"], rows))
