@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from medcl.config import load_config
-from medcl.fewshot.calibrate import (apply_temperature, episode_temperatures, fit_temperatures, support_folds,
-                                     support_temperature)
+from medcl.fewshot.calibrate import (VECTOR_METHOD, apply_temperature, episode_temperatures, fit_temperatures,
+                                     fit_vector_scaling, support_folds, support_temperature)
 from medcl.fewshot.episodes import sample_episode_batch
 from medcl.fewshot.heads import LinearHead, make_head
 from medcl.fewshot.ops import softmax
-from medcl.fewshot.suite import evaluate_features
+from medcl.fewshot.metrics import expected_calibration_error
+from medcl.fewshot.suite import _calibrate, evaluate_features
 
 
 def test_a_known_temperature_is_recovered():
@@ -80,3 +81,51 @@ def test_the_registered_head_carries_its_temperature_and_old_heads_still_load(tm
     assert LinearHead.load(old).temperature == 1.0 and np.allclose(LinearHead.load(old).predict_proba(X), raw)
     with pytest.raises(ValueError, match="temperature"):
         LinearHead(head.classes_, head.mean_, head.weight_, head.bias_, True, temperature=0.0)
+
+
+def _draw(p, rng):
+    return (rng.random((len(p), 1)) > p.cumsum(-1)).sum(-1)
+
+
+def test_known_vector_scaling_is_recovered():
+    """Labels drawn from softmax(a * s + b) for known a, b: the fit finds them back."""
+    rng = np.random.default_rng(0)
+    s = 3.0 * rng.normal(size=(6000, 3))
+    a, b = np.array([0.25, 0.5, 0.1]), np.array([0.0, 0.8, -0.4])
+    scale, shift = fit_vector_scaling(s, _draw(softmax(s * a + b), rng))
+    assert scale == pytest.approx(a, abs=0.05) and shift == pytest.approx(b, abs=0.12)
+
+
+def test_the_registered_head_is_vector_scaled_on_half_its_calibration_scans(tmp_path):
+    """A head far too sure and biased against one class (what a 5-shot prototype head can be):
+    one temperature cannot fix it, vector scaling fitted on half the calibration scans does, on
+    other scans of the same distribution, and cross-validation picks it; the other half holds the
+    conformal scores; the head saves and loads with its scaling, and predicts what its calibrated
+    probabilities say. A head that is only too sharp gets a temperature (cross-validation prefers
+    the model with fewer parameters when it predicts as well)."""
+    rng = np.random.default_rng(1)
+    truth = np.array([0.6, 0.3, 0.2]), np.array([0.0, 0.3, 1.2])           # what the raw scores mean
+    X = 3.0 * rng.normal(size=(4200, 3))
+    y = _draw(softmax(X * truth[0] + truth[1]), rng)
+    head = LinearHead(["a", "b", "c"], np.zeros(3), np.eye(3), np.zeros(3), False)
+    labels = np.array(["a", "b", "c"])[y]
+    _calibrate(head, X[:200], labels[:200], lambda: 1.0)
+    assert head.calibration == f"vector: {VECTOR_METHOD}" and len(head.conformal_scores_) == 100
+    raw, test = head.decision_function(X[200:]), y[200:]
+    def nll(p):
+        return -np.log(p[np.arange(len(test)), test]).mean()
+    best_T = min(nll(softmax(raw / T)) for T in np.geomspace(0.5, 20, 60))      # even the test's own best T
+    assert nll(head.predict_proba(X[200:])) < best_T - 0.03
+    assert expected_calibration_error(test, head.predict_proba(X[200:])) < 0.04 < expected_calibration_error(test, softmax(raw))
+    head.save(tmp_path / "h.npz")
+    back = LinearHead.load(tmp_path / "h.npz")
+    assert np.allclose(back.predict_proba(X), head.predict_proba(X)) and np.allclose(back.shift_, head.shift_)
+    assert (back.predict(X) == np.array(["a", "b", "c"])[head.predict_proba(X).argmax(1)]).all()
+    calibrated_T = LinearHead(["a", "b", "c"], np.zeros(3), np.eye(3), np.zeros(3), False)
+    y_T = _draw(softmax(X / 4.0), rng)                                     # only too sharp: a temperature will do
+    _calibrate(calibrated_T, X[:200], np.array(["a", "b", "c"])[y_T[:200]], lambda: 1.0)
+    assert calibrated_T.calibration.startswith("temperature:") and 1 / calibrated_T.scale_[0] == pytest.approx(4, rel=0.3)
+    assert np.allclose(calibrated_T.shift_, 0) and np.ptp(calibrated_T.scale_) == 0
+    few = LinearHead(["a", "b", "c"], np.zeros(3), np.eye(3), np.zeros(3), False)
+    _calibrate(few, X[:12], labels[:12], lambda: 2.5)                     # too few scans per class: the temperature
+    assert few.temperature == 2.5 and few.calibration != VECTOR_METHOD and len(few.conformal_scores_) == 12

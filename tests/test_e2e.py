@@ -97,6 +97,8 @@ def test_summary_has_the_promised_shape(demo_out, demo_console):
     assert reg["n_scans"] == 9 and reg["n_calibration"] == 3 and reg["temperature"] > 0
     assert {"ece", "ece_ci95"} <= set(reg["before"]) and 0 <= reg["sets"]["coverage"] <= 1
     assert set(summary["fewshot_calibration"]) == set(summary["fewshot_conformal"]) == {"1", "2"}
+    lesions = summary["saliency"]["lesions"]                 # every lesion-class evaluation scan with a mask
+    assert lesions["class"] == "lesion" and 0 <= lesions["n_scans"] <= 3
 
 
 def test_one_seed_summary_has_the_seeds_block_of_the_unchanged_demo(demo_out):
@@ -121,6 +123,7 @@ def test_report_is_self_contained_and_says_simulated(demo_out):
     saliency = re.search(r"<section id='saliency'>(.*?)</section>", html, re.S).group(1)
     overlays = saliency.count("<img")          # one correct and one wrong scan per class, where there is one
     assert 3 <= overlays <= 6 and "Where the model looks" in saliency and "ventricles" in saliency
+    assert "Inside the simulated lesions" in saliency                 # checked against the demo's lesion masks
     # 5 metric curves, confusion, ROC, reliability, saliency overlays, map, montage, loss
     assert html.count("src='data:image/png;base64,") == 11 + overlays
     assert "http://" not in html and "https://" not in html

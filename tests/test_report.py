@@ -51,9 +51,14 @@ def report_data():
                  "regions": {"blob": 3.0 if c == "lesion" else 0.5, "rest": 0.9}}
                 for c, p in (("lesion", "lesion"), ("lesion", "healthy"), ("atrophy", "atrophy"))]
     return build_report_data(cfg, fs, "medcl report test", {"all": fs.counts()}, banner=DEMO_BANNER,
-                             saliency=saliency_block(examples, "gradcam"),
+                             saliency=saliency_block(examples, "gradcam", LESIONS),
                              losses=list(np.linspace(3, 1, 50)), montage=montage, notes=["a note"],
                              model_card=model_card(cfg, fs, "models:/medcl-encoder@champion", demo=True, deploy_shots=3))
+
+
+LESIONS = {"method": "gradcam", "class": "lesion", "n_scans": 2, "median_ratio": 2.5, "mean_ratio": 2.5,
+           "mean_ratio_ci95": [1.25, 3.75], "fraction_above_95": 0.5,
+           "per_scan": [{"ratio": 1.25, "fraction_above": 0.9}, {"ratio": 3.75, "fraction_above": 1.0}]}
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +82,8 @@ def test_every_section_is_there_with_content(report):
     assert sections["curves"].count("<img") == 5
     assert sections["saliency"].count("<img") == 3 and "Where the model looks" in sections["saliency"]
     assert re.search(r"<td>lesion</td><td>3\.000</td><td>0\.900</td>", sections["saliency"])   # region table
+    assert re.search(r"Ratio: median 2\.50, mean 2\.50 \[95% CI 1\.25, 3\.75\]</b> \(above the shuffled", sections["saliency"])
+    assert "Per scan: 1.25, 3.75." in sections["saliency"]               # the simulated lesions' check
     assert "ECE before" in sections["calibration"] and "K held out" in sections["label-curve"]
     for name in ("pretrained encoder", "random-init encoder", "raw voxels (PCA)", "radiomics (IBSI, MIRP)",
                  "3D ResNet from scratch", "linear probe on all labels"):

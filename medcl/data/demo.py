@@ -17,6 +17,10 @@ Pathology (the diagnostic signal), applied in template space:
 * every class gets every edit; the edits that do not define its class are shams with
   near-zero or healthy-range magnitudes, so the presence of an edit gives nothing away.
 
+Where the lesions are: :func:`lesion_mask` recomputes a subject's lesion mask from ``(seed,
+index)`` on the grid of its simulated scan file (same pose, warp and LAS flip), without
+touching the scans, so saliency can be checked against the truth (:mod:`medcl.fewshot.lesions`).
+
 Nuisance (what a contrastive model should ignore): smooth deformation, head-size scaling,
 rigid pose, gamma/gain, multiplicative bias field and Rician noise. About a third of the
 files are written LAS instead of RAS, with the same world coordinates.
@@ -327,6 +331,35 @@ def simulate_subject(tpl: Template, label: str, seed: int, index: int) -> np.nda
     vol = apply_contrast(vol, rngs["contrast"])
     vol = apply_bias_field(vol, rngs["bias"])
     return add_rician_noise(vol, rngs["noise"]).astype(np.float32)
+
+
+# ---------------------------------------------------------------- where the lesions are
+
+
+def lesion_weights(tpl: Template, label: str, seed: int, index: int) -> np.ndarray:
+    """Template-space weight (0..1) of subject ``index``'s lesions, after the ventricle push: the
+    fraction of the way to CSF intensity that :func:`add_lesions` pulls each voxel at full contrast
+    (its own draws on a unit image, so the lesions are those of :func:`edit_anatomy`). Every
+    class has lesions; only the ``lesion`` class's are visible (the others are shams)."""
+    rngs = subject_rngs(seed, index)
+    p = sample_pathology(label, rngs["pathology"])
+    weight = 1.0 - add_lesions(np.ones_like(tpl.t1), tpl.wm, 0.0, tpl.spacing, 1.0, rngs["lesions"])
+    return enlarge_ventricles(weight, tpl.push, tpl.push_box, tpl.spacing, p.ventricle_mm)
+
+
+def lesion_mask(tpl: Template, label: str, seed: int, index: int,
+                threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """``(mask, affine)``: subject ``index``'s lesions (weight >= ``threshold``, 0.5: inside each
+    ellipsoid's surface) on the voxel grid of its simulated scan file, moved by the same pose,
+    scaling and warp as the scan (:func:`deform` with the subject's own draws) and flipped where
+    the file is LAS, so the mask overlays ``sub-demoNNNN.nii`` voxel for voxel. Nothing of the
+    simulated scans changes: the masks are recomputed from ``(seed, index)``."""
+    centre = np.argwhere(tpl.brain).mean(0)
+    moved = deform(lesion_weights(tpl, label, seed, index), centre, tpl.spacing, subject_rngs(seed, index)["deform"])
+    mask, affine = moved >= threshold, tpl.affine
+    if index % LAS_EVERY == 1:
+        mask, affine = to_las(mask, affine)
+    return mask, affine
 
 
 def to_las(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

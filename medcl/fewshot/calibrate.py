@@ -12,6 +12,14 @@ negative log-likelihood of those held-out predictions against Platt's smoothed t
 ``T`` finite when every held-out scan is right. ``T`` is chosen on a log grid (0.05 to 50).
 At K = 1 no fold keeps a class: ``T = 1`` (uncalibrated), and the report says so.
 
+**Vector scaling on a calibration split** (:func:`fit_vector_scaling`; Guo et al. 2017, section 4.2):
+the registered model has labelled scans beyond its support (train-split subjects in neither its
+support nor anything it is evaluated on), so its probabilities are ``softmax(a * s + b)`` with a
+scale ``a_c >= 0`` and a shift ``b_c`` per class (``b`` of the first class 0), fitted by least
+negative log-likelihood on half of those scans (the other half holds its conformal scores). Fifteen
+cross-fitted support predictions fix one temperature only roughly, and one temperature cannot
+correct a 5-shot head whose classes are unevenly sure (docs/fewshot.md, "The registered model").
+
 The same function scores every episode of an evaluation (vectorised over episodes with the
 head's own batched predictor) and fits the registered model's ``T`` (a one-episode batch made of
 its support), so the report's "after" numbers are those of the procedure that is deployed.
@@ -30,6 +38,8 @@ Example::
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import minimize
+from scipy.special import log_softmax
 
 from medcl.fewshot.batched import gram
 from medcl.fewshot.episodes import EpisodeBatch, sample_episode_batch  # noqa: F401  (doctest)
@@ -37,11 +47,14 @@ from medcl.fewshot.heads import HEADS
 from medcl.fewshot.stats import EpisodePredictions
 
 __all__ = ["T_GRID", "support_folds", "fit_temperatures", "apply_temperature", "episode_temperatures",
-           "calibrated", "support_temperature", "METHOD"]
+           "calibrated", "support_temperature", "fit_vector_scaling", "choose_scaling", "METHOD", "VECTOR_METHOD"]
 
 T_GRID = np.geomspace(0.05, 50.0, 241)
 METHOD = ("temperature scaling fitted on the support set alone: K folds, each holding out one support subject "
           "per class; NLL with Platt's smoothed targets")
+VECTOR_METHOD = ("temperature or vector scaling (a scale and a shift per class), whichever 5-fold cross-validation "
+                 "prefers, fitted by NLL on half of the calibration scans (train-split subjects outside the support); "
+                 "the other half holds the conformal scores")
 
 
 def support_folds(batch: EpisodeBatch) -> EpisodeBatch:
@@ -128,3 +141,43 @@ def support_temperature(head: str, features, labels, subjects=None, **options) -
     batch = EpisodeBatch(support, support[:, :1], np.arange(len(names))[None], names, k)
     subj = np.arange(len(labels)) if subjects is None else np.asarray(subjects)
     return float(episode_temperatures(head, features, batch, subj, **options)[0])
+
+
+def fit_vector_scaling(logits, y, ridge: float = 1e-3, shared: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(scale, shift)`` ``(C,)`` minimising the NLL of ``softmax(logits * scale + shift)`` against
+    class indices ``y`` (``scale >= 0``, ``shift[0] = 0``; ``ridge``: a small L2 pull of the shifts
+    and of ``scale - 1``, so a class absent from ``y`` keeps finite parameters). ``shared``: one
+    scale for every class and no shift (temperature scaling, ``T = 1 / scale``). Convex in the
+    parameters; L-BFGS-B from the identity."""
+    L, y = np.asarray(logits, float), np.asarray(y, int)
+    n, C = L.shape
+    onehot = np.eye(C)[y]
+    unpack = (lambda w: (np.full(C, w[0]), np.zeros(C))) if shared else (lambda w: (w[:C], np.r_[0.0, w[C:]]))
+
+    def nll(w):
+        a, b = unpack(w)
+        lp = log_softmax(L * a + b, axis=1)
+        g = np.exp(lp) - onehot                              # d NLL / d z, per scan
+        reg = ridge * (np.sum((a - 1.0) ** 2) + np.sum(b ** 2))
+        ga, gb = (g * L).sum(0) / n + 2 * ridge * (a - 1.0), g[:, 1:].sum(0) / n + 2 * ridge * b[1:]
+        return -(lp * onehot).sum() / n + reg, (np.array([ga.sum()]) if shared else np.r_[ga, gb])
+
+    start = np.ones(1) if shared else np.r_[np.ones(C), np.zeros(C - 1)]
+    bounds = [(0.0, None)] * (1 if shared else C) + ([] if shared else [(None, None)] * (C - 1))
+    return unpack(minimize(nll, start, jac=True, method="L-BFGS-B", bounds=bounds).x)
+
+
+def choose_scaling(logits, y, folds: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """Temperature or vector scaling, whichever predicts held-out scans better (NLL, ``folds``-fold
+    cross-validation on ``logits``/``y``), refitted on all of them: ``(scale, shift, kind)``."""
+    L, y = np.asarray(logits, float), np.asarray(y, int)
+    fold = np.random.default_rng(seed).permutation(len(y)) % folds
+    cv = {}
+    for kind in ("temperature", "vector"):
+        lp = []
+        for f in range(folds):
+            a, b = fit_vector_scaling(L[fold != f], y[fold != f], shared=kind == "temperature")
+            lp.append(log_softmax(L[fold == f] * a + b, axis=1)[np.arange((fold == f).sum()), y[fold == f]])
+        cv[kind] = -np.concatenate(lp).mean()
+    kind = min(cv, key=cv.get)
+    return (*fit_vector_scaling(L, y, shared=kind == "temperature"), kind)

@@ -162,16 +162,16 @@ def head_sets(head, proba, coverage: float) -> tuple[list[list[str]], bool]:
 
 def head_report(head, features, labels, subjects, coverage: float, n_boot: int = 1000, seed: int = 0) -> dict:
     """A registered head on labelled scans none of its support or calibration subjects hold
-    (e.g. the evaluation split): ECE and Brier before (temperature 1) and after its temperature,
+    (e.g. the evaluation split): ECE and Brier before (its raw scores) and after its calibration,
     and the empirical coverage and mean size of its prediction sets, with subject-bootstrap CIs."""
     labels, names = np.asarray(labels).astype(str), np.asarray(head.classes_).astype(str)
     subj = np.unique(np.asarray(subjects), return_inverse=True)[1]
     y = np.array([list(names).index(v) for v in labels])
-    logits = head.decision_function(features)
-    out = {"temperature": head.temperature, "n_scans": int(len(labels)),
+    out = {"temperature": head.temperature, "scale": head.scale_.tolist(), "shift": head.shift_.tolist(),
+           "calibration": getattr(head, "calibration", ""), "n_scans": int(len(labels)),
            "n_calibration": int(len(head.conformal_scores_))}
-    for name, T in (("before", 1.0), ("after", head.temperature)):
-        p = EpisodePredictions(y[None], softmax(logits / T)[None], subj[None], names.tolist())
+    for name, proba in (("before", softmax(head.decision_function(features))), ("after", head.predict_proba(features))):
+        p = EpisodePredictions(y[None], proba[None], subj[None], names.tolist())
         r = summarise(p, n_boot, seed, int(subj.max()) + 1)
         out[name] = {m: r[m] for m in ("ece", "ece_ci95", "brier", "brier_ci95", "balanced_accuracy", "ci95")}
     if len(head.conformal_scores_):

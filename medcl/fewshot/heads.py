@@ -71,14 +71,16 @@ def _check_predict(head, X) -> np.ndarray:
 
 
 class LinearHead:
-    """``predict_proba(X) = softmax((f(X) @ weight.T + bias) / temperature)`` with
-    ``f(X) = X - mean``, then L2-normalised if ``normalise``: the deployable form of a fitted head
-    (see ``to_linear``). ``temperature`` (1: as fitted) is the calibration of
-    :mod:`medcl.fewshot.calibrate`; ``conformal_scores`` and ``conformal_labels`` (optional) are
-    the nonconformity scores and classes of its calibration scans (:mod:`medcl.fewshot.conformal`)."""
+    """``predict_proba(X) = softmax((s(X) * scale + shift) / temperature)`` with the head's score
+    ``s(X) = f(X) @ weight.T + bias``, ``f(X) = X - mean``, then L2-normalised if ``normalise``: the
+    deployable form of a fitted head (see ``to_linear``). ``temperature`` (1: as fitted) and the
+    per-class ``scale`` (ones) and ``shift`` (zeros; vector scaling) are the calibration of
+    :mod:`medcl.fewshot.calibrate`; ``predict`` follows the calibrated probabilities.
+    ``conformal_scores`` and ``conformal_labels`` (optional) are the nonconformity scores and
+    classes of its calibration scans (:mod:`medcl.fewshot.conformal`)."""
 
     def __init__(self, classes, mean, weight, bias, normalise: bool, temperature: float = 1.0,
-                 conformal_scores=None, conformal_labels=None):
+                 conformal_scores=None, conformal_labels=None, scale=None, shift=None):
         self.classes_ = np.asarray(classes)
         self.mean_ = np.asarray(mean, dtype=float)
         self.weight_ = np.asarray(weight, dtype=float)
@@ -92,6 +94,11 @@ class LinearHead:
             raise ValueError(f"LinearHead: temperature must be a finite number > 0, got {temperature!r}")
         self.n_features_in_ = d
         self.temperature = float(temperature)
+        self.scale_ = np.ones(c) if scale is None else np.asarray(scale, dtype=float)
+        self.shift_ = np.zeros(c) if shift is None else np.asarray(shift, dtype=float)
+        if self.scale_.shape != (c,) or self.shift_.shape != (c,) or not (np.isfinite(self.scale_).all()
+                                                                           and np.isfinite(self.shift_).all()):
+            raise ValueError(f"LinearHead: scale and shift must be {c} finite numbers, got {self.scale_}, {self.shift_}")
         self.conformal_scores_ = np.asarray([] if conformal_scores is None else conformal_scores, dtype=float)
         self.conformal_labels_ = np.asarray([] if conformal_labels is None else conformal_labels).astype(str)
         if self.conformal_scores_.shape != self.conformal_labels_.shape:
@@ -105,11 +112,14 @@ class LinearHead:
         Z = _check_predict(self, X) - self.mean_
         return (l2_normalise(Z) if self.normalise else Z) @ self.weight_.T + self.bias_
 
+    def calibrated_logits(self, X) -> np.ndarray:
+        return (self.decision_function(X) * self.scale_ + self.shift_) / self.temperature
+
     def predict_proba(self, X) -> np.ndarray:
-        return softmax(self.decision_function(X) / self.temperature)
+        return softmax(self.calibrated_logits(X))
 
     def predict(self, X) -> np.ndarray:
-        best = np.argmax(self.decision_function(X), axis=1)
+        best = np.argmax(self.calibrated_logits(X), axis=1)
         return self.classes_[best]
 
     def save(self, path) -> None:
@@ -117,14 +127,16 @@ class LinearHead:
         with open(path, "wb") as f:  # an open file: numpy would otherwise append .npz to other names
             np.savez(f, classes=np.asarray(self.classes_.tolist()), mean=self.mean_, weight=self.weight_,
                      bias=self.bias_, normalise=np.asarray(self.normalise), temperature=np.asarray(self.temperature),
-                     conformal_scores=self.conformal_scores_, conformal_labels=self.conformal_labels_)
+                     conformal_scores=self.conformal_scores_, conformal_labels=self.conformal_labels_,
+                     scale=self.scale_, shift=self.shift_)
 
     @classmethod
     def load(cls, path) -> "LinearHead":
-        """A saved head; one saved before calibration existed loads with temperature 1 and no scores."""
+        """A saved head; one saved before calibration existed loads with temperature 1, no vector
+        scaling and no scores."""
         try:
             with np.load(Path(path), allow_pickle=False) as z:
-                extra = {k: z[k] for k in ("conformal_scores", "conformal_labels") if k in z.files}
+                extra = {k: z[k] for k in ("conformal_scores", "conformal_labels", "scale", "shift") if k in z.files}
                 return cls(z["classes"], z["mean"], z["weight"], z["bias"], bool(z["normalise"]),
                            float(z["temperature"]) if "temperature" in z.files else 1.0, **extra)
         except (OSError, KeyError, ValueError) as e:

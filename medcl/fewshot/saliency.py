@@ -34,15 +34,18 @@ from medcl.augment.params import identity_view
 from medcl.data.demo import load_template
 from medcl.data.register import template_grid
 
-__all__ = ["METHODS", "ClassScores", "view_saliency", "view_to_image", "image_to_scan", "region_means",
-           "concentration", "template_regions", "explain_examples"]
+__all__ = ["METHODS", "ClassScores", "view_saliency", "view_to_image", "image_to_scan", "scan_to_image",
+           "region_means", "concentration", "template_crop", "template_regions", "explain_examples"]
 
 METHODS = ("occlusion", "gradcam")
 
 
 class ClassScores(nn.Module):
     """``(B, 1, S, S, S)`` views -> ``(B, C)`` class logits of ``head`` on ``encoder``'s features
-    (divided by the head's temperature: the calibrated logits)."""
+    (divided by the head's temperature). A vector-scaled head's calibration (``scale_``,
+    ``shift_``) is left out on purpose: it maps class ``c``'s score to ``a_c * s + b_c``, which
+    only multiplies that class's map by ``a_c >= 0``, and a class whose ``a_c`` is 0 (its score
+    says nothing the others do not) would get an empty map; the head's own score is explained."""
 
     def __init__(self, encoder: nn.Module, head):
         super().__init__()
@@ -93,14 +96,28 @@ def view_to_image(saliency: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def _resample(src: np.ndarray, src_affine: np.ndarray, world: np.ndarray, shape: tuple,
+              affine: np.ndarray) -> np.ndarray:
+    """``src`` (voxel -> RAS ``src_affine``) resampled (linear, zero outside) onto the grid
+    ``shape`` / ``affine``, whose RAS points ``world`` maps into ``src``'s RAS space."""
+    m = np.linalg.inv(src_affine) @ np.asarray(world, float) @ np.asarray(affine, float)
+    return ndimage.affine_transform(np.asarray(src, np.float32), m[:3, :3], offset=m[:3, 3],
+                                    output_shape=tuple(int(n) for n in shape[:3]), order=1, cval=0.0)
+
+
 def image_to_scan(image_map: np.ndarray, image_affine: np.ndarray, transform: np.ndarray,
                   scan_shape: tuple, scan_affine: np.ndarray) -> np.ndarray:
     """A map on the preprocessed image (voxel -> RAS ``image_affine``, template space when
     registered) resampled onto the scan's own grid (``scan_shape``, voxel -> RAS ``scan_affine``)
     through ``transform`` (scan RAS -> template RAS; the identity without registration)."""
-    m = np.linalg.inv(image_affine) @ np.asarray(transform, float) @ np.asarray(scan_affine, float)
-    return ndimage.affine_transform(np.asarray(image_map, np.float32), m[:3, :3], offset=m[:3, 3],
-                                    output_shape=tuple(int(n) for n in scan_shape[:3]), order=1, cval=0.0)
+    return _resample(image_map, image_affine, transform, scan_shape, scan_affine)
+
+
+def scan_to_image(scan_map: np.ndarray, scan_affine: np.ndarray, transform: np.ndarray,
+                  image_shape: tuple, image_affine: np.ndarray) -> np.ndarray:
+    """The reverse of :func:`image_to_scan`: a map on the scan's own grid (e.g. a lesion mask)
+    carried onto the preprocessed image's grid through the registration."""
+    return _resample(scan_map, scan_affine, np.linalg.inv(np.asarray(transform, float)), image_shape, image_affine)
 
 
 def region_means(saliency: np.ndarray, regions: dict) -> dict:
@@ -109,36 +126,51 @@ def region_means(saliency: np.ndarray, regions: dict) -> dict:
 
 
 def concentration(saliency: np.ndarray, mask: np.ndarray, within: np.ndarray | None = None, n_shuffle: int = 200,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, baseline: list | None = None) -> dict:
     """Mean positive saliency inside ``mask`` against the same mask shifted at random inside
-    ``within`` (the brain; default everywhere): ``{"inside", "baseline_mean", "baseline_95",
-    "fraction_above"}`` (``fraction_above``: shifts whose mean the real mask beats)."""
+    ``within`` (the brain; default everywhere), or against the masks in ``baseline`` (e.g. other
+    subjects' lesions, each cut to ``within``): ``{"inside", "baseline_mean", "baseline_95",
+    "fraction_above", "ratio", "n_baseline"}`` (``fraction_above``: baseline masks whose mean the
+    real mask beats; ``ratio``: ``inside / baseline_mean``)."""
     s = np.clip(np.asarray(saliency, float), 0, None)
     mask = np.asarray(mask, bool)
     within = np.ones(mask.shape, bool) if within is None else np.asarray(within, bool)
-    rng = np.random.default_rng(seed)
+    if baseline is None:
+        rng = np.random.default_rng(seed)
+        baseline = [np.roll(mask, [int(rng.integers(-n // 2, n // 2 + 1)) for n in mask.shape], axis=(0, 1, 2))
+                    for _ in range(n_shuffle)]
     inside = float(s[mask].mean())
-    base = []
-    for _ in range(n_shuffle):
-        shift = [int(rng.integers(-n // 2, n // 2 + 1)) for n in mask.shape]
-        moved = np.roll(mask, shift, axis=(0, 1, 2)) & within
-        if moved.any():
-            base.append(float(s[moved].mean()))
-    base = np.array(base)
-    return {"inside": inside, "baseline_mean": float(base.mean()), "baseline_95": float(np.percentile(base, 95)),
-            "fraction_above": float(np.mean(inside > base))}
+    base = np.array([float(s[m].mean()) for m in (np.asarray(b, bool) & within for b in baseline) if m.any()])
+    if not len(base):
+        return {"inside": inside, "baseline_mean": None, "baseline_95": None, "fraction_above": None, "ratio": None,
+                "n_baseline": 0}
+    mean = float(base.mean())
+    return {"inside": inside, "baseline_mean": mean, "baseline_95": float(np.percentile(base, 95)),
+            "fraction_above": float(np.mean(inside > base)), "ratio": inside / mean if mean > 0 else None,
+            "n_baseline": int(len(base))}
+
+
+def template_crop(image_shape: tuple, spacing: float, crop_margin: int) -> tuple[tuple, np.ndarray]:
+    """``(box, affine)`` of a scan registered to the template and masked with its brain
+    (``data.register`` + ``brain_mask: template``): the template grid cropped to the brain's box
+    plus ``crop_margin`` (``box``: its slices of the template grid; ``affine``: voxel -> MNI RAS)."""
+    grid = template_grid(spacing)
+    lo = np.maximum(np.argwhere(grid.brain).min(0) - crop_margin, 0)
+    box = tuple(slice(int(a), int(a) + int(n)) for a, n in zip(lo, image_shape))
+    if grid.brain[box].shape != tuple(image_shape):
+        raise ValueError(f"template regions: the scan grid {tuple(image_shape)} is not the template's crop")
+    shift = np.eye(4)
+    shift[:3, 3] = lo
+    return box, grid.affine @ shift
 
 
 def template_regions(image_shape: tuple, spacing: float, crop_margin: int) -> dict:
     """Regions of the MNI template (ventricles, white matter, cortex, other brain) on the grid of
-    a scan registered to it and masked with its brain (``data.register`` + ``brain_mask:
-    template``: the scan is the template grid cropped to the brain's box plus ``crop_margin``)."""
+    a scan registered to it and masked with its brain (:func:`template_crop`)."""
+    box, _ = template_crop(image_shape, spacing, crop_margin)
     grid, tpl = template_grid(spacing), load_template(spacing)
-    idx = np.argwhere(grid.brain)
-    lo = np.maximum(idx.min(0) - crop_margin, 0)
-    box = tuple(slice(int(a), int(a) + int(n)) for a, n in zip(lo, image_shape))
     brain = grid.brain[box]
-    if brain.shape != tuple(image_shape) or tpl.gm.shape != grid.brain.shape:
+    if tpl.gm.shape != grid.brain.shape:
         raise ValueError(f"template regions: the scan grid {tuple(image_shape)} is not the template's crop")
     ven = tpl.ventricles[box] & brain
     wm, gm = (tpl.wm[box] > 0.5) & brain & ~ven, (tpl.gm[box] > 0.5) & brain & ~ven

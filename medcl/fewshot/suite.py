@@ -27,7 +27,8 @@ from medcl.config import Config, FewShotConfig, config_to_dict, flatten
 from medcl.data.cohort import Cohort
 from medcl.fewshot.baselines import SOURCE_LABELS, linear_probe, pca_features, scratch_predictions
 from medcl.fewshot.budget import evaluate_budget
-from medcl.fewshot.calibrate import METHOD as CALIBRATION_METHOD, calibrated, episode_temperatures, support_temperature
+from medcl.fewshot.calibrate import (METHOD as CALIBRATION_METHOD, VECTOR_METHOD, calibrated, choose_scaling,
+                                     episode_temperatures, support_temperature)
 from medcl.fewshot.conformal import calibrate_head, episode_sets, set_summary
 from medcl.fewshot.curve import learning_curve
 from medcl.fewshot.embed import cohort_views, embed_cohort, embed_views, tsne_map
@@ -344,9 +345,7 @@ def fit_deployable_head(cfg: Config, encoder: Encoder, cohort: Cohort, k: int) -
     from the ``train`` split (or from all labelled scans); returns (linear head, scan keys).
     A primary head with no linear form (kNN) deploys the head its spec names (``deploy_as``).
     With ``fewshot.calibration`` on, a class with ``k`` subjects or fewer keeps one out of the
-    support, the head's temperature is fitted on its support
-    (:func:`~medcl.fewshot.calibrate.support_temperature`) and the pool's other subjects (one
-    scan each) are its conformal calibration scans (:func:`~medcl.fewshot.conformal.calibrate_head`)."""
+    support, and the pool's other subjects (one scan each) calibrate the head (:func:`_calibrate`)."""
     pool = cohort.select(split="train", labelled=True)
     pool = pool if len(pool) else cohort.select(labelled=True)
     rng = np.random.default_rng(cfg.fewshot.seed)
@@ -363,11 +362,33 @@ def fit_deployable_head(cfg: Config, encoder: Encoder, cohort: Cohort, k: int) -
     opts = head_options(cfg.fewshot).get(name, {})
     head = spec.make(**opts).fit(feats, support.labels).to_linear()
     if cfg.fewshot.calibration != "none":
-        head.temperature = support_temperature(name, feats, support.labels, support.subjects, **opts)
         calib = _calibration_scans(pool, set(support.subjects.tolist()))
-        if len(calib):
-            calibrate_head(head, embed_cohort(encoder, calib, cfg.augment.view_size), calib.labels)
+        calib_feats = embed_cohort(encoder, calib, cfg.augment.view_size) if len(calib) else np.zeros((0, feats.shape[1]))
+        _calibrate(head, calib_feats, calib.labels, lambda: support_temperature(name, feats, support.labels,
+                                                                                 support.subjects, **opts))
     return head, support.scan_keys.tolist()
+
+
+MIN_VECTOR_SCANS = 5   # per class in each half of the calibration scans, for vector scaling
+
+
+def _calibrate(head: LinearHead, features: np.ndarray, labels, support_T) -> None:
+    """Vector scaling fitted on every other calibration scan and conformal scores from the rest
+    (``head.calibration``: :data:`~medcl.fewshot.calibrate.VECTOR_METHOD`) when each half holds
+    MIN_VECTOR_SCANS of every class; else the support's cross-fitted temperature (``support_T()``)
+    and conformal scores from every calibration scan."""
+    labels = np.asarray(labels).astype(str)
+    names = np.asarray(head.classes_).astype(str).tolist()
+    fit = np.arange(len(labels)) % 2 == 0
+    if all(min((labels[part] == c).sum() for part in (fit, ~fit)) >= MIN_VECTOR_SCANS for c in names):
+        y = np.array([names.index(v) for v in labels[fit]])
+        head.scale_, head.shift_, kind = choose_scaling(head.decision_function(features[fit]), y)
+        head.calibration = f"{kind}: {VECTOR_METHOD}"
+        calibrate_head(head, features[~fit], labels[~fit])
+        return
+    head.temperature, head.calibration = support_T(), CALIBRATION_METHOD
+    if len(labels):
+        calibrate_head(head, features, labels)
 
 
 def _calibration_scans(pool: Cohort, support_subjects: set) -> Cohort:

@@ -28,6 +28,7 @@ from medcl.data.demo import make_demo_sources
 from medcl.data.ingest import ingest
 from medcl.models import build_encoder
 from medcl.fewshot.conformal import head_report
+from medcl.fewshot.lesions import demo_lesion_masks, lesion_concentration
 from medcl.fewshot.saliency import explain_examples, template_regions
 from medcl.fewshot.embed import cohort_views, embed_views
 from medcl.fewshot.suite import (evaluate_encoders, evaluation_cohort, fit_deployable_head, log_to_mlflow,
@@ -48,6 +49,8 @@ DEPLOY_SHOTS = 5
 # cores, docs/performance.md), and per further seed its embeddings, primary head and probe.
 FEWSHOT_ALLOWANCE_S = 90.0
 SEED_EVAL_ALLOWANCE_S = 10.0
+LESION_SCANS = 10   # lesion-class evaluation scans whose saliency is checked against their simulated lesions ...
+BASELINE_MASKS = 40  # ... and other evaluation scans whose lesion masks join theirs in the shuffled-mask baseline
 
 
 def montage_samples(cohort: Cohort, cfg: Config, seed: int = 0) -> list[MontageSample]:
@@ -110,7 +113,7 @@ def run_demo(cfg: Config, out: Path, tracking_uri: str, progress: bool = True) -
             _log_seeds(seeds, pres)
         alias, head, deployed = _register_fewshot_model(cfg, pretrained, meta, cohort, fs, pre, run, lineage)
         t_report = time.perf_counter()
-        saliency = _saliency(cfg, pretrained, head, fs)       # its time counts in timings["report"]
+        saliency = _saliency(cfg, pretrained, head, fs, src.nifti_dir)   # its time counts in timings["report"]
         paths = write_report(_report_data(cfg, fs, cohort, res, pre, alias, seeds, deployed, saliency), out,
                              cfg.fewshot.pdf)
         timings["report"] = time.perf_counter() - t_report
@@ -228,18 +231,27 @@ def _register_fewshot_model(cfg: Config, pretrained, meta: dict, cohort: Cohort,
     return alias or cfg.tracking.alias, head, deployed
 
 
-def _saliency(cfg: Config, encoder, head, fs) -> dict:
+def _saliency(cfg: Config, encoder, head, fs, nifti_dir: Path) -> dict:
     """The report's saliency block: the registered head's maps on a few evaluation scans per
-    class, with the template's regions when the cohort is registered to it and brain-masked."""
+    class, with the template's regions when the cohort is registered to it and brain-masked, and
+    then the lesion class's saliency inside the simulated lesions of up to LESION_SCANS
+    lesion-class evaluation scans against the lesion masks of the others and of BASELINE_MASKS
+    further evaluation subjects (about 0.3 s a mask)."""
     f = cfg.fewshot
     if f.saliency == "none":
         return {}
-    regions = None
+    regions, lesions = None, None
     if cfg.data.register != "none" and cfg.data.brain_mask == "template":
         regions = template_regions(fs.cohort.image(0).shape, cfg.data.spacing, cfg.data.crop_margin)
+        lesion = fs.cohort.labels == "lesion"
+        keys = set(fs.cohort.scan_keys[lesion][:LESION_SCANS]) | set(fs.cohort.scan_keys[~lesion][:BASELINE_MASKS])
+        masks = demo_lesion_masks(fs.cohort, nifti_dir, cfg.demo.seed, cfg.data.spacing, cfg.data.crop_margin,
+                                  keys=keys)
+        lesions = lesion_concentration(encoder, head, fs.cohort, masks, cfg.augment.view_size, f.saliency,
+                                       max_scans=LESION_SCANS, n_boot=f.n_boot, seed=f.seed)
     examples = explain_examples(encoder, head, fs.cohort, fs.features["pretrained"], cfg.augment.view_size,
                                 f.saliency_per_class, f.saliency, regions, f.seed)
-    return saliency_block(examples, f.saliency)
+    return saliency_block(examples, f.saliency, lesions)
 
 
 def _report_data(cfg: Config, fs, cohort: Cohort, res, pre, alias: str, seeds: dict, deployed: dict,
@@ -261,7 +273,8 @@ def _report_data(cfg: Config, fs, cohort: Cohort, res, pre, alias: str, seeds: d
 def _trust_summary(deployed: dict, saliency: dict) -> dict:
     """summary.json's registered model (calibration, sets) and where it looked."""
     return {"registered_model": deployed,
-            "saliency": {"method": saliency.get("method"), "where_it_looks": saliency.get("summary", {})}}
+            "saliency": {"method": saliency.get("method"), "where_it_looks": saliency.get("summary", {}),
+                         "lesions": saliency.get("lesions")}}
 
 
 def _summary(cfg: Config, cohort: Cohort, res, fs, pre, paths: dict) -> dict:

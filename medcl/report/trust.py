@@ -93,9 +93,14 @@ def _deployed(d: dict) -> str:
     """The registered model on the evaluation scans: ECE before and after, its sets."""
     rows = [[name, fmt(d[name]["ece"], d[name]["ece_ci95"]), fmt(d[name]["brier"], d[name]["brier_ci95"])]
             for name in ("before", "after")]
-    text = (f"<h3>The registered model</h3><p>Its head (temperature {d['temperature']:.2f}, fitted on its own "
-            f"support) on the {d['n_scans']} evaluation scans, which none of its support or calibration subjects "
-            "hold:</p>" + table(["", "ECE", "Brier"], rows))
+    kind = d.get("calibration", "").split(":")[0]
+    how = {"vector": "vector scaling: scale " + ", ".join(f"{v:.2f}" for v in d.get("scale", [])) + "; shift "
+                     + ", ".join(f"{v:.2f}" for v in d.get("shift", [])) + ", fitted on half of its calibration scans",
+           "temperature": f"temperature {1 / max(d.get('scale', [1.0])[0], 1e-9):.2f}, fitted on half of its calibration "
+                          "scans"}.get(kind, f"temperature {d['temperature']:.2f}, fitted on its own support")
+    text = (f"<h3>The registered model</h3><p>Its head ({esc(how)}) on the {d['n_scans']} evaluation scans, which none "
+            "of its support or calibration subjects hold; before: its raw scores, after: calibrated:</p>"
+            + table(["", "ECE", "Brier"], rows))
     if "sets" in d:
         s = d["sets"]
         text += (f"<p>Its prediction sets at coverage {s['target']:g} (from {d['n_calibration']} calibration scans, "
@@ -152,9 +157,10 @@ def saliency_figure(image: np.ndarray, saliency: np.ndarray) -> str:
     return png(fig)
 
 
-def saliency_block(examples: list, method: str) -> dict:
-    """The report's saliency data: one overlay figure and the regions per example, and per
-    class the mean over its examples of each region's relative saliency."""
+def saliency_block(examples: list, method: str, lesions: dict | None = None) -> dict:
+    """The report's saliency data: one overlay figure and the regions per example, per class the
+    mean over its examples of each region's relative saliency, and (``lesions``: from
+    :func:`medcl.fewshot.lesions.lesion_concentration`) the saliency inside the simulated lesions."""
     shown = [{"label": e["label"], "predicted": e["predicted"], "correct": e["correct"], "regions": e["regions"],
               "figure": saliency_figure(e["image"], e["saliency"])} for e in examples]
     summary: dict = {}
@@ -162,7 +168,10 @@ def saliency_block(examples: list, method: str) -> dict:
         for r, v in e["regions"].items():
             if v is not None:
                 summary.setdefault(e["label"], {}).setdefault(r, []).append(v)
-    return {"method": method, "examples": shown,
+    kept = None if lesions is None else {k: v for k, v in lesions.items() if k != "per_scan"} | {
+        "ratios": [c["ratio"] for c in lesions["per_scan"]],
+        "fraction_above": [c["fraction_above"] for c in lesions["per_scan"]]}
+    return {"method": method, "examples": shown, "lesions": kept,
             "summary": {c: {r: float(np.mean(v)) for r, v in by.items()} for c, by in summary.items()}}
 
 
@@ -184,4 +193,25 @@ def saliency_section(data: dict) -> str:
         tops = [f"{c}: {max(by, key=by.get)} ({max(by.values()):.2f})" for c, by in sorted(data["summary"].items())]
         body += ("<p>" + esc("Region with the most saliency, per class: " + "; ".join(tops)) + ". A value near 1 "
                  "everywhere means the map does not single out any region.</p>")
+    if data.get("lesions"):
+        body += _lesion_paragraph(data["lesions"])
     return section("saliency", "Where it looked", body)
+
+
+def _lesion_paragraph(les: dict) -> str:
+    """Inside the simulated lesions: the ratio to the other subjects' lesion masks."""
+    head = (f"<h3>Inside the simulated lesions</h3><p>Saliency ({esc(les['method'])}) of the "
+            f"{esc(les['class'])} class's score on {les['n_scans']} {esc(les['class'])}-class evaluation scans "
+            f"({les.get('n_without_saliency', 0)} more had no positive saliency in any mask): its mean "
+            "inside each scan's own simulated lesions (the masks the simulation knows, carried through the scan's "
+            "registration) divided by its mean inside the other evaluation subjects' lesion masks (the shuffled-mask "
+            "baseline: lesion-shaped regions in white matter, but not this scan's lesions; 1: no preference).</p>")
+    if not les.get("n_scans"):
+        return head + "<p>No scan had positive saliency in any mask.</p>"
+    verdict = ("above" if les["mean_ratio_ci95"][0] > 1 else "not distinguishable from" if les["mean_ratio_ci95"][1] >= 1
+               else "below")
+    return head + (f"<p><b>Ratio: median {les['median_ratio']:.2f}, mean {les['mean_ratio']:.2f} "
+                   f"[95% CI {les['mean_ratio_ci95'][0]:.2f}, {les['mean_ratio_ci95'][1]:.2f}]</b> "
+                   f"({esc(verdict)} the shuffled-mask baseline); the own lesions beat 95% of the other masks in "
+                   f"{100 * les['fraction_above_95']:.0f}% of the scans. Per scan: "
+                   + esc(", ".join(f"{r:.2f}" for r in les["ratios"] if r is not None)) + ".</p>")

@@ -3,7 +3,7 @@ the scan's own voxel grid (so it overlays the source scan in any viewer).
 
 A scan is read and preprocessed exactly as prediction does (:func:`medcl.data.ingest.read_scan`,
 :func:`~medcl.data.ingest.preprocess`, registration included); the saliency of the predicted
-class's (calibrated) score is computed on its evaluation view with MONAI
+class's score (the head's own, over its temperature) is computed on its evaluation view with MONAI
 (:mod:`medcl.fewshot.saliency`: occlusion sensitivity or Grad-CAM on the encoder's last stage),
 then taken back through the view's crop, the registration and the scan's affine."""
 
