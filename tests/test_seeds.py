@@ -192,3 +192,24 @@ def test_the_report_notes_the_seed_spread_only_for_several_seeds():
     (note,) = seed_spread_lines(spread, report=True)
     assert "Over 2 pretraining seeds [0, 1]" in note and "pretrained 0.600 ± 0.020" in note and "random init 0.500" in note
     assert seed_spread_lines({**spread, "n": 1}, report=True) == []
+
+
+def test_demo_expected_finish_stretches_with_a_slow_pace(capsys):
+    """What follows pretraining is allowed for at the pace it was measured at, and stretched by a
+    slower step (a loaded machine took 224 s after pretraining at 1.79 s/step, not 90 s)."""
+    from medcl.pipelines.demo import ALLOWANCE_S_PER_STEP, FEWSHOT_ALLOWANCE_S, SEED_EVAL_ALLOWANCE_S, DemoClock
+
+    def after(s_per_step: float, n_seeds: int = 1) -> float:
+        clock = DemoClock(n_seeds, show=False)
+        before = datetime.now()
+        clock.estimate(0, StepTiming(s_per_step, 3, 20, 0, 90, before))
+        return (clock.finish - before).total_seconds() - (n_seeds - 1) * 90 * s_per_step
+
+    assert after(ALLOWANCE_S_PER_STEP) == pytest.approx(FEWSHOT_ALLOWANCE_S, abs=1.0)
+    assert after(0.2) == pytest.approx(FEWSHOT_ALLOWANCE_S, abs=1.0)          # never promised faster
+    slow = after(3 * ALLOWANCE_S_PER_STEP)
+    assert slow == pytest.approx(3 * FEWSHOT_ALLOWANCE_S, abs=1.0)
+    assert after(3 * ALLOWANCE_S_PER_STEP, n_seeds=3) == pytest.approx(
+        3 * (FEWSHOT_ALLOWANCE_S + 2 * SEED_EVAL_ALLOWANCE_S), abs=1.0)
+    DemoClock(1, show=True).estimate(0, StepTiming(1.79, 3, 20, 70, 90, datetime.now()))
+    assert "and about 4 min 43 s for the few-shot evaluation" in capsys.readouterr().out

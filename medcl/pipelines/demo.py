@@ -45,10 +45,12 @@ from medcl.train.callbacks import StepTiming, format_duration
 
 DEPLOY_SHOTS = 5
 # What follows pretraining, for the expected finish printed after 20 steps: the full few-shot
-# suite of the first seed, its registration and report (about 70 s for configs/demo.yaml on 2 CPU
-# cores, docs/performance.md), and per further seed its embeddings, primary head and probe.
+# suite of the first seed, its registration and report (87 s for configs/demo.yaml on 2 quiet CPU
+# cores at 0.57 s a step, docs/performance.md), and per further seed its embeddings, primary head
+# and probe; on a slower or loaded machine (a longer step) both grow with the step time.
 FEWSHOT_ALLOWANCE_S = 90.0
 SEED_EVAL_ALLOWANCE_S = 10.0
+ALLOWANCE_S_PER_STEP = 0.57
 LESION_SCANS = 10   # lesion-class evaluation scans whose saliency is checked against their simulated lesions ...
 BASELINE_MASKS = 40  # ... and other evaluation scans whose lesion masks join theirs in the shuffled-mask baseline
 
@@ -157,7 +159,8 @@ def _pretrain_seeds(cfg: Config, out: Path, tracking_uri: str, progress: bool) -
 class DemoClock:
     """The demo's expected finish, printed (with ``show``) when a seed's pretraining has measured
     its pace: the steps left of every seed at that pace, plus FEWSHOT_ALLOWANCE_S and
-    SEED_EVAL_ALLOWANCE_S per further seed for what follows pretraining."""
+    SEED_EVAL_ALLOWANCE_S per further seed for what follows pretraining, stretched by the pace
+    over ALLOWANCE_S_PER_STEP when the machine is slower than the one they were measured on."""
 
     def __init__(self, n_seeds: int, show: bool):
         self.n, self.show = n_seeds, show
@@ -165,7 +168,8 @@ class DemoClock:
 
     def estimate(self, index: int, timing: StepTiming) -> None:
         steps = timing.steps_left + (self.n - 1 - index) * timing.total_steps
-        after = FEWSHOT_ALLOWANCE_S + (self.n - 1) * SEED_EVAL_ALLOWANCE_S
+        pace = max(1.0, timing.s_per_step / ALLOWANCE_S_PER_STEP)   # never faster than where it was measured
+        after = (FEWSHOT_ALLOWANCE_S + (self.n - 1) * SEED_EVAL_ALLOWANCE_S) * pace
         left = steps * timing.s_per_step + after
         self.finish = datetime.now() + timedelta(seconds=left)
         if self.show:
