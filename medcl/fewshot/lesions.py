@@ -57,13 +57,14 @@ def demo_lesion_masks(cohort, nifti_dir: Path, seed: int, spacing: float, crop_m
         path = by_hash.get(row["source_sha256"])
         if path is None or (keys is not None and row["scan_key"] not in keys):
             continue
-        image_shape = cohort.image(i).shape
+        brain = cohort.mask(i)          # the image's grid (its shape) without reading the image
+        image_shape = brain.shape
         _, image_affine = template_crop(image_shape, spacing, crop_margin)
         mask, affine = lesion_mask(tpl, row["label"], seed, _demo_index(path), threshold)
         if not np.allclose(affine, nib.load(str(path)).affine, atol=1e-4):
             raise ValueError(f"{path}: its grid is not the one simulated with spacing {spacing:g} mm")
         on_image = scan_to_image(mask.astype(np.float32), affine, cohort.transform(i), image_shape, image_affine)
-        out[row["scan_key"]] = (on_image >= 0.5) & cohort.mask(i)
+        out[row["scan_key"]] = (on_image >= 0.5) & brain
     return out
 
 
