@@ -125,7 +125,8 @@ def _cmd_predict(args) -> int:
             if args.explain:
                 inner = model.unwrap_python_model()
                 line["explanation"] = explain_scan(inner.encoder, inner.head, inner.meta, scan,
-                                                   Path(args.explain) / saliency_name(i, scan), args.explain_method)
+                                                   Path(args.explain) / saliency_name(i, scan), args.explain_method,
+                                                   getattr(inner, "reference", None))
         except Exception as exc:  # one bad scan must not stop the others
             print(f"{scan}: error: {_one_line(exc)}", file=sys.stderr)
             failed += 1

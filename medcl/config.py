@@ -1,9 +1,8 @@
 """Typed configuration: every key has a default here, YAML files override them.
 
-A config is a tree of dataclasses. ``load_config`` reads a YAML file, applies
-``key.sub=value`` overrides from the command line and validates every leaf, so a
-misspelt key or a value of the wrong type is a one-line :class:`ConfigError` that
-names the key, not a crash twenty minutes into training.
+A config is a tree of dataclasses. ``load_config`` reads a YAML file, applies ``key.sub=value`` overrides from
+the command line and validates every leaf, so a misspelt key or a value of the wrong type is a one-line
+:class:`ConfigError` that names the key, not a crash twenty minutes into training.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ class DataConfig:
     # brain MRI (docs/data.md, "Registration to the MNI template"); leave off for other data
     register: str = "none"           # none | rigid | affine: resample onto the MNI ICBM152 2009 template grid
     brain_mask: str = "none"         # none (intensity threshold) | template: the template's brain mask (needs register)
+    normative: str = "none"          # none | pool: voxel z-scores against the train split (medcl.data.normative)
     bids_suffixes: tuple[str, ...] = ("T1w",)   # BIDS anat suffixes ingested (sub-*/[ses-*/]anat/*_T1w.nii.gz)
     bids_label_column: str = "diagnosis"  # participants.tsv column that holds the label
 
@@ -290,8 +290,9 @@ def _data_checks(d: DataConfig) -> list[tuple[bool, str, str]]:
         (_regex_ok(d.dicom_exclude), "data.dicom_exclude", "must be a valid regular expression"),
         (d.register in ("none", "rigid", "affine"), "data.register", "must be none, rigid or affine"),
         (d.brain_mask in ("none", "template"), "data.brain_mask", "must be none or template"),
-        (d.brain_mask == "none" or d.register != "none", "data.brain_mask",
-         "template needs data.register rigid or affine (the mask lives on the template grid)"),
+        (d.brain_mask == "none" or d.register != "none", "data.brain_mask", "template needs data.register rigid|affine"),
+        (d.normative == "none" or d.normative == "pool" and d.brain_mask == "template", "data.normative",
+         "must be none, or pool with data.brain_mask: template (a voxel the same place in every scan)"),
     ]
 
 
@@ -428,7 +429,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def config_to_dict(cfg: Config) -> dict:
     """Plain nested dict (tuples as lists), suitable for YAML/JSON and MLflow params."""
-
     def plain(v: Any) -> Any:
         if isinstance(v, tuple):
             return [plain(x) for x in v]

@@ -20,7 +20,8 @@ TINY = ["demo.n_subjects=18", "data.spacing=6.0", "augment.view_size=16", "model
         "train.epochs=2", "train.batch_size=4", "train.num_workers=0", "fewshot.shots=1,2",
         "fewshot.n_episodes=20", "fewshot.n_query=1", "fewshot.logreg_episodes=10", "fewshot.n_boot=200",
         "fewshot.scratch_episodes=3", "fewshot.scratch_steps=5", "fewshot.budget_random=20",
-        "data.register=affine", "data.brain_mask=template"]   # as configs/demo.yaml: registered to MNI
+        "data.register=affine", "data.brain_mask=template",   # as configs/demo.yaml: registered to MNI,
+        "data.normative=pool"]                                 # the encoder sees deviation maps
 SECTIONS = ["summary", "cohort", "method", "curves", "metrics", "confusion", "roc", "reliability", "calibration",
             "saliency", "embeddings",
             "montage", "sensitivity", "budget", "training", "model-card", "notes", "config"]
@@ -188,10 +189,11 @@ def test_fresh_process_loads_registered_model_by_alias(demo_out):
 
 
 def test_predict_on_a_raw_scan_gives_the_probabilities_the_evaluation_gave(demo_out):
-    """`medcl predict` registers a raw scan exactly as ingest did: the registered model's
-    probabilities for the source NIfTI file equal its head on the embedding of that scan's
-    cohort cache entry (what evaluation embeds), up to the cache's float16 rounding. (Each test
-    has its own site secret, so the cache entry is found by its voxels, not by its key.)"""
+    """`medcl predict` registers a raw scan exactly as ingest did and makes its deviation map
+    from the normative reference the model carries: the registered model's probabilities for
+    the source NIfTI file equal its head on the embedding of that scan's cohort cache entry (what
+    evaluation embeds), up to the cache's float16 rounding. (Each test has its own site secret,
+    so the cache entry is found by its voxels, not by its key.)"""
     import mlflow
 
     from medcl.data.cohort import Cohort
@@ -204,7 +206,9 @@ def test_predict_on_a_raw_scan_gives_the_probabilities_the_evaluation_gave(demo_
     tracking.use_uri(summary["mlflow"]["tracking_uri"])
     model = mlflow.pyfunc.load_model(summary["mlflow"]["fewshot_model_uri"])
     inner = model.unwrap_python_model()
-    cached = np.stack([cohort.image(i).astype(np.float32) for i in range(len(cohort))])
+    assert cohort.reference is not None and inner.reference.sha256 == cohort.reference.sha256
+    assert inner.meta["normative_sha256"] == cohort.reference.sha256
+    cached = np.stack([cohort.intensity(i) for i in range(len(cohort))])
     for path in sorted((out / "demo_src" / "nifti").glob("*.nii"))[:4]:
         pre = preprocess_file(path, data_config(inner.meta))
         assert not np.allclose(pre.transform, np.eye(4)), "the scan is registered at prediction"
@@ -212,7 +216,7 @@ def test_predict_on_a_raw_scan_gives_the_probabilities_the_evaluation_gave(demo_
         i = int(np.argmin(gaps))
         assert gaps[i] < 1e-2 < np.sort(gaps)[1], "exactly one cache entry holds this scan"
         assert np.allclose(cohort.transform(i), pre.transform, atol=1e-6)
-        one = Cohort(cohort.root, [cohort.rows[i]])
+        one = cohort.with_rows([cohort.rows[i]])
         evaluated = inner.head.predict_proba(embed_cohort(inner.encoder, one, inner.meta["view_size"]))[0]
         predicted = model.predict([path.read_bytes()]).iloc[0]   # the scan itself, as a client sends it
         got = np.array([predicted[str(c)] for c in inner.head.classes_])

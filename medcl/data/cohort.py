@@ -9,17 +9,21 @@ from pathlib import Path
 import numpy as np
 
 from medcl.data.ingest import read_manifest
+from medcl.data.normative import NormativeReference, load_reference
 
 
 @dataclass
 class Cohort:
+    """``reference``: the cohort's normative reference (``data.normative: pool``), or ``None``;
+    with one, :meth:`image` is the scan's deviation map and :meth:`intensity` its stored image."""
     root: Path
     rows: list[dict]
+    reference: NormativeReference | None = None
 
     @classmethod
     def load(cls, root: str | Path) -> "Cohort":
         root = Path(root)
-        return cls(root, read_manifest(root))
+        return cls(root, read_manifest(root), load_reference(root))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -28,7 +32,11 @@ class Cohort:
         rows = [r for r in self.rows
                 if (split is None or r["split"] == split)
                 and (labelled is None or bool(r["label"]) == labelled)]
-        return Cohort(self.root, rows)
+        return self.with_rows(rows)
+
+    def with_rows(self, rows: list[dict]) -> "Cohort":
+        """The same cache (and reference) with these manifest rows."""
+        return Cohort(self.root, list(rows), self.reference)
 
     @property
     def scan_keys(self) -> np.ndarray:
@@ -50,7 +58,14 @@ class Cohort:
         return [ids[r["label"]] if r["label"] else -1 for r in self.rows]
 
     def image(self, i: int) -> np.ndarray:
-        """float32 image of scan ``i`` (memory-mapped read, then converted)."""
+        """What the encoder sees of scan ``i`` (float32): its deviation map when the cohort has a
+        normative reference, else its stored image."""
+        if self.reference is None:
+            return self.intensity(i)
+        return self.reference.apply(self.intensity(i), self.mask(i), source=self.rows[i]["scan_key"])
+
+    def intensity(self, i: int) -> np.ndarray:
+        """float32 stored image of scan ``i`` (memory-mapped read, then converted)."""
         return np.load(self.root / "arrays" / f"{self.rows[i]['scan_key']}.npy", mmap_mode="r").astype(np.float32)
 
     def mask(self, i: int) -> np.ndarray:

@@ -24,6 +24,7 @@ from scipy import ndimage
 from medcl.config import DataConfig
 from medcl.data import dicom
 from medcl.data.errors import IngestError, check_size
+from medcl.data.normative import FILE as NORMATIVE_FILE, fit_reference
 from medcl.data.pseudonym import pseudonym
 from medcl.data.readers import load_nifti, load_source, source_sha256
 from medcl.data.register import register
@@ -192,6 +193,7 @@ class IngestResult:
                 "skipped": len(self.skipped), "label_issues": len(self.label_issues)}
 
 
+MAX_POOL = 400         # scans in a normative reference: enough for a voxel's median, bounded memory
 MIN_JOBS_FOR_POOL = 8   # starting worker processes costs a second or two: small batches run in-process
 PREP_KEYS = ("spacing", "foreground_threshold", "crop_margin", "clip_percentiles", "policy_4d",
              "dicom_min_slices", "npz_spacing", "register", "brain_mask")
@@ -342,9 +344,27 @@ def ingest(paths: list[Path], out: Path, cfg: DataConfig, labels_csv: Path | Non
     _flag_small_classes(rows, shots, table, result)
     _assign_splits(rows, test_fraction, split_seed)
     write_manifest(out, rows)
+    write_reference(out, rows, cfg)
     result.seconds = time.perf_counter() - t0
     _write_reports(out, result, cfg)
     return result
+
+
+def write_reference(out: Path, rows: list[dict], cfg: DataConfig) -> None:
+    """``data.normative: pool``: ``out/normative.npz``, the reference of the train split's scans
+    (at most ``MAX_POOL``, in scan-key order: the keys are keyed hashes, so a random sample);
+    removed when ``normative`` is none, so a cohort never applies a stale reference."""
+    path = Path(out) / NORMATIVE_FILE
+    if cfg.normative == "none":
+        path.unlink(missing_ok=True)
+        return
+    keys = sorted(r["scan_key"] for r in rows if r["split"] == "train")[:MAX_POOL]
+    if len(keys) < 2:
+        raise ValueError(f"{out}: data.normative: pool needs at least 2 train-split scans for its reference, "
+                         f"found {len(keys)}")
+    arrays = Path(out) / "arrays"
+    fit_reference([np.load(arrays / f"{k}.npy") for k in keys], [np.load(arrays / f"{k}.mask.npy") for k in keys],
+                  keys).save(path)
 
 
 def _plan_jobs(found, table: LabelTable | None, old: dict, cfg: DataConfig, prep: str,

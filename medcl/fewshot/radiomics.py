@@ -252,7 +252,8 @@ def cache_path(cohort: Cohort, spacing: float = SPACING, families=FAMILIES, n_bi
 def cohort_radiomics(cohort: Cohort, spacing: float = SPACING, families=FAMILIES, n_bins: int = N_BINS,
                      workers: int = 0) -> tuple[np.ndarray, list[str], dict]:
     """``(N, F)`` radiomics features of every scan of ``cohort`` (manifest order), their names,
-    and ``{"computed": n, "cached": n, "spacing": mm}``. Each scan's image and foreground mask
+    and ``{"computed": n, "cached": n, "spacing": mm}``. Each scan's stored image (its intensities,
+    also when the cohort has a normative reference: IBSI features are defined on them) and foreground mask
     are resampled to ``spacing`` mm (:func:`resample`; a coarser cohort keeps its own grid), then
     :func:`radiomics_features`. Features are cached per scan (scan key and preprocessing hash)
     in :func:`cache_path`, so a rerun, another seed or another split reuses them and only new
@@ -266,7 +267,7 @@ def cohort_radiomics(cohort: Cohort, spacing: float = SPACING, families=FAMILIES
     todo = [j for j, i in enumerate(ids) if i not in known]
     names = cache.get("names")
     if todo:
-        grids = [resample(cohort.image(j), cohort.mask(j), float(cohort.rows[j]["spacing"]), spacing) for j in todo]
+        grids = [resample(cohort.intensity(j), cohort.mask(j), float(cohort.rows[j]["spacing"]), spacing) for j in todo]
         X_new, names_new = radiomics_features([g[0] for g in grids], [g[1] for g in grids], [g[2] for g in grids],
                                               workers, [cohort.rows[j]["scan_key"] for j in todo], families, n_bins)
         if names is not None and names != names_new:

@@ -194,7 +194,7 @@ def explain_examples(encoder, head, cohort, features, view_size: int, per_class:
                 image, mask = cohort.image(int(i)), cohort.mask(int(i))
                 k = int(np.flatnonzero(np.asarray(head.classes_).astype(str) == pred[i])[0])
                 sal = view_to_image(view_saliency(encoder, head, eval_view(image, mask, view_size), k, method), mask)
-                out.append({"label": c, "predicted": str(pred[i]), "correct": correct, "image": image,
+                out.append({"label": c, "predicted": str(pred[i]), "correct": correct, "image": cohort.intensity(int(i)),
                             "saliency": sal, "regions": _relative(sal, mask, regions)})
     return out
 

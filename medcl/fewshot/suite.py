@@ -63,7 +63,7 @@ def radiomics_fit_cohort(f: FewShotConfig, cohort: Cohort) -> Cohort:
     need far fewer scans than the pretraining pool has, and each costs a radiomics extraction."""
     fit = pca_cohort(cohort)
     n = f.radiomics_fit_scans
-    return Cohort(fit.root, fit.rows[:n]) if 0 < n < len(fit) else fit
+    return fit.with_rows(fit.rows[:n]) if 0 < n < len(fit) else fit
 
 
 @dataclass
@@ -152,7 +152,7 @@ def radiomics_baseline(f: FewShotConfig, eval_set: Cohort, fit_set: Cohort) -> t
     episode sees the same features and the heads' own centring (SimpleShot, logistic
     regression) does the rest. Columns constant or non-finite on ``fit_set`` are dropped."""
     keys = {r["scan_key"] for r in eval_set.rows}
-    both = Cohort(eval_set.root, eval_set.rows + [r for r in fit_set.rows if r["scan_key"] not in keys])
+    both = eval_set.with_rows(eval_set.rows + [r for r in fit_set.rows if r["scan_key"] not in keys])
     X, names, info = cohort_radiomics(both, f.radiomics_spacing, f.radiomics_families, f.radiomics_bins,
                                       f.radiomics_workers)
     row = {r["scan_key"]: i for i, r in enumerate(both.rows)}
@@ -356,7 +356,7 @@ def fit_deployable_head(cfg: Config, encoder: Encoder, cohort: Cohort, k: int) -
         picked = rng.choice(subjects, size=max(1, min(k, len(subjects) - keep)), replace=False)
         for s in picked:
             chosen.append(next(i for i in range(len(pool)) if pool.rows[i]["subject_key"] == s))
-    support = Cohort(pool.root, [pool.rows[i] for i in chosen])
+    support = pool.with_rows([pool.rows[i] for i in chosen])
     feats = embed_cohort(encoder, support, cfg.augment.view_size)
     name, spec = deployable(cfg.fewshot.primary_head)
     opts = head_options(cfg.fewshot).get(name, {})
@@ -399,7 +399,7 @@ def _calibration_scans(pool: Cohort, support_subjects: set) -> Cohort:
         if r["subject_key"] not in support_subjects and r["subject_key"] not in seen:
             seen.add(r["subject_key"])
             rows.append(r)
-    return Cohort(pool.root, rows)
+    return pool.with_rows(rows)
 
 
 def save_features(out: FewShotOutput, path: Path) -> None:

@@ -90,7 +90,7 @@ def run_demo(cfg: Config, out: Path, tracking_uri: str, progress: bool = True) -
     pre = pres[0]
     timings["pretrain"] = time.perf_counter() - t0 - sum(timings.values())
 
-    meta = encoder_meta(cfg)
+    meta = encoder_meta(cfg, cohort.reference)
     pretrained = load_encoder(pre.result.encoder_path, meta)
     fs = evaluate_encoders(cfg, cohort, {"pretrained": pretrained, "random_init": random_init_encoder(cfg)},
                            progress=progress)
@@ -217,7 +217,7 @@ def _register_fewshot_model(cfg: Config, pretrained, meta: dict, cohort: Cohort,
     for name in ("before", "after") if deployed else ():
         tracking.log_metrics({f"registered.ece_{name}": deployed[name]["ece"]}, DEPLOY_SHOTS)
     primary = fs.results["pretrained"][cfg.fewshot.primary_head]
-    info = log_fewshot(pretrained, head, meta, cfg.tracking.fewshot_model_name, run=run,
+    info = log_fewshot(pretrained, head, meta, cfg.tracking.fewshot_model_name, run=run, reference=cohort.reference,
                        version_tags={**lineage, "medcl.fewshot_run_id": run.run_id},
                        card_info={"training_data": f"Demo data: simulated pathology on real anatomy (MNI ICBM152), "
                                   f"not patients. Head fitted on {DEPLOY_SHOTS} train-split scans per class.",

@@ -17,6 +17,7 @@ from medcl.fewshot.suite import evaluate_encoders, log_to_mlflow, save_features
 from medcl.models import build_encoder
 from medcl.report.content import build_report_data, model_card, summary_block
 from medcl.report.files import log_report_artifacts, write_report, write_summary
+from medcl.serving.inference import check_reference
 from medcl.serving.load import load_encoder_uri
 
 
@@ -33,6 +34,7 @@ def run_fewshot(cfg: Config, cohort_dir: Path, encoder_uri: str, out_dir: Path, 
         raise ValueError(f"{cohort_dir}: the cohort has no labelled scans (ingest with --labels)")
     tracking.setup(tracking_uri, f"{cfg.tracking.experiment}-fewshot", out_dir)
     encoder, meta = load_encoder_uri(encoder_uri)
+    check_reference(meta, cohort.reference, str(cohort_dir))
     random_init = build_encoder(meta["arch"], meta["conv1_t_stride"], meta.get("widen_factor", 1.0),
                                 seed=cfg.train.seed).eval()
     fs = evaluate_encoders(cfg, cohort, {"pretrained": encoder, "random_init": random_init}, meta["view_size"],
@@ -73,6 +75,7 @@ def suggest_labels(cohort_dir: Path, encoder_uri: str, n: int, method: str = "km
     if not 1 <= n <= n_subjects:
         raise ValueError(f"--k {n}: must be between 1 and the {n_subjects} subjects available")
     encoder, meta = load_encoder_uri(encoder_uri)
+    check_reference(meta, cohort.reference, str(cohort_dir))
     feats = embed_cohort(encoder, pool, meta["view_size"])
     picked = suggest(feats, pool.subjects, n, method, seed)
     return [{"rank": r + 1, "scan_key": pool.rows[i]["scan_key"], "subject_key": pool.rows[i]["subject_key"]}

@@ -14,6 +14,7 @@ import yaml
 from medcl import tracking
 from medcl.config import Config, config_to_dict, flatten
 from medcl.data.cohort import Cohort
+from medcl.data.normative import NormativeReference
 from medcl.dist import is_main_process
 from medcl.serving.inference import load_encoder
 from medcl.serving.registry import alias_new_version, log_encoder
@@ -23,10 +24,12 @@ from medcl.train.callbacks import StepTiming
 from medcl.train.state import read_run_id
 
 
-def encoder_meta(cfg: Config) -> dict:
-    """What a registered model needs to rebuild the encoder and prepare its input."""
-    return {"arch": cfg.model.arch, "conv1_t_stride": cfg.model.conv1_t_stride, "widen_factor": cfg.model.widen_factor,
+def encoder_meta(cfg: Config, reference: NormativeReference | None = None) -> dict:
+    """What a registered model needs to rebuild the encoder and prepare its input (with the
+    fingerprint of the cohort's normative reference, when it has one)."""
+    meta = {"arch": cfg.model.arch, "conv1_t_stride": cfg.model.conv1_t_stride, "widen_factor": cfg.model.widen_factor,
             "view_size": cfg.augment.view_size, "data": config_to_dict(cfg)["data"]}
+    return meta if reference is None else {**meta, "normative_sha256": reference.sha256}
 
 
 @dataclass
@@ -82,7 +85,8 @@ def run_pretrain(cfg: Config, cohort_dir: Path, out_dir: Path, tracking_uri: str
         if register:
             encoder = load_encoder(result.encoder_path, encoder_meta(cfg))
             name = cfg.tracking.encoder_model_name
-            info = log_encoder(encoder, encoder_meta(cfg), name, run=run, version_tags={"medcl.pretrain_run_id": run.run_id},
+            info = log_encoder(encoder, encoder_meta(cfg, cohort.reference), name, run=run, reference=cohort.reference,
+                               version_tags={"medcl.pretrain_run_id": run.run_id},
                                card_info={"training_data": f"{len(cohort)} unlabelled scans, {cfg.train.method} "
                                           f"for {cfg.train.epochs} epochs (final loss {result.losses[-1]:.4f})",
                                           "lineage": {"pretraining run": run.run_id}})

@@ -10,6 +10,7 @@ arrays; output: one column ``h0..h{D-1}`` per feature.
 import mlflow
 import pandas as pd
 
+from medcl.data.normative import NormativeReference
 from medcl.serving.inference import embed_inputs, load_encoder, read_meta, scan_inputs
 
 
@@ -17,9 +18,12 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.meta = read_meta(context.artifacts["meta"])
         self.encoder = load_encoder(context.artifacts["weights"], self.meta)
+        ref = context.artifacts.get("normative")
+        self.reference = NormativeReference.load(ref) if ref else None
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
-        feats = embed_inputs(self.encoder, scan_inputs(model_input), self.meta, (params or {}).get("spacing"))
+        feats = embed_inputs(self.encoder, scan_inputs(model_input), self.meta, (params or {}).get("spacing"),
+                             self.reference)
         return pd.DataFrame(feats, columns=[f"h{i}" for i in range(feats.shape[1])])
 
 

@@ -16,9 +16,10 @@ import numpy as np
 
 from medcl.augment import eval_view
 from medcl.data.ingest import preprocess, read_scan
+from medcl.data.normative import NormativeReference
 from medcl.fewshot.embed import embed_views
 from medcl.fewshot.saliency import image_to_scan, view_saliency, view_to_image
-from medcl.serving.inference import data_config
+from medcl.serving.inference import check_reference, data_config, model_input
 
 __all__ = ["explain_scan", "saliency_name"]
 
@@ -31,13 +32,16 @@ def saliency_name(index: int, scan: str | Path) -> str:
     return f"{index:03d}_{name or 'scan'}_saliency.nii.gz"
 
 
-def explain_scan(encoder, head, meta: dict, scan: str | Path, out_path: Path, method: str = "occlusion") -> dict:
+def explain_scan(encoder, head, meta: dict, scan: str | Path, out_path: Path, method: str = "occlusion",
+                 reference: NormativeReference | None = None) -> dict:
     """Write the saliency map of the predicted class of ``scan`` to ``out_path`` (float32 NIfTI
-    with the scan's affine and grid); returns ``{"saliency", "class", "method"}``."""
+    with the scan's affine and grid); returns ``{"saliency", "class", "method"}``. ``reference``:
+    the model's normative reference, when it was trained on deviation maps."""
+    check_reference(meta, reference, str(scan))
     cfg = data_config(meta)
     data, affine = read_scan(Path(scan), cfg)
     pre = preprocess(data, affine, cfg)
-    view = eval_view(pre.image, pre.mask, meta["view_size"])
+    view = eval_view(model_input(pre, reference, str(scan)), pre.mask, meta["view_size"])
     proba = head.predict_proba(embed_views(encoder, [view]))[0]
     c = int(np.argmax(proba))
     sal = view_saliency(encoder, head, view, c, method)

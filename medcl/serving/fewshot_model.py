@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from medcl.fewshot.heads import LinearHead
+from medcl.data.normative import NormativeReference
 from medcl.serving.inference import embed_inputs, load_encoder, read_meta, scan_inputs
 from medcl.serving.outputs import with_prediction_sets
 
@@ -23,10 +24,13 @@ class FewShotModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         self.meta = read_meta(context.artifacts["meta"])
         self.encoder = load_encoder(context.artifacts["weights"], self.meta)
+        ref = context.artifacts.get("normative")
+        self.reference = NormativeReference.load(ref) if ref else None
         self.head = LinearHead.load(context.artifacts["head"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
-        feats = embed_inputs(self.encoder, scan_inputs(model_input), self.meta, (params or {}).get("spacing"))
+        feats = embed_inputs(self.encoder, scan_inputs(model_input), self.meta, (params or {}).get("spacing"),
+                             self.reference)
         probs = self.head.predict_proba(feats)
         out = pd.DataFrame(probs, columns=[str(c) for c in self.head.classes_])
         out["label"] = np.asarray(self.head.classes_)[probs.argmax(1)]

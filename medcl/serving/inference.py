@@ -16,7 +16,8 @@ import torch
 
 from medcl.augment import eval_view
 from medcl.config import DataConfig
-from medcl.data.ingest import preprocess, preprocess_file
+from medcl.data.ingest import Preprocessed, preprocess, preprocess_file
+from medcl.data.normative import NormativeReference
 from medcl.fewshot.embed import embed_views
 from medcl.models import Encoder
 from medcl.serving.scan_input import InputRefused, RequestBudget, opened
@@ -38,6 +39,28 @@ def data_config(meta: dict) -> DataConfig:
     (a model registered by a newer medcl still loads), missing ones take their defaults."""
     known = {f.name for f in dataclasses.fields(DataConfig)}
     return DataConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["data"].items() if k in known})
+
+
+def check_reference(meta: dict, reference: NormativeReference | None, where: str) -> None:
+    """A model trained on deviation maps (``data.normative: pool``) must be given the normative
+    reference it was trained with, and only such a model; a one-line ``ValueError`` otherwise."""
+    wants = meta.get("data", {}).get("normative", "none") != "none"
+    if wants and reference is None:
+        raise ValueError(f"{where}: the model was trained on normative deviation maps (data.normative: "
+                         f"{meta['data']['normative']}) but no normative reference is given (a cohort ingested with "
+                         "it, or the model's normative.npz artifact)")
+    if not wants and reference is not None:
+        raise ValueError(f"{where}: the cohort has a normative reference but the model was trained without one "
+                         "(data.normative: none)")
+    if reference is not None and meta.get("normative_sha256", reference.sha256) != reference.sha256:
+        raise ValueError(f"{where}: the normative reference differs from the one the model was trained with "
+                         f"(sha256 {reference.sha256[:12]} vs {meta['normative_sha256'][:12]})")
+
+
+def model_input(pre: Preprocessed, reference: NormativeReference | None, where: str = "scan") -> np.ndarray:
+    """What the encoder sees of a preprocessed scan: its deviation map under a normative
+    reference (as ``Cohort.image`` for a cohort's scans), else its image."""
+    return pre.image if reference is None else reference.apply(pre.image, pre.mask, source=where)
 
 
 SCAN_TYPES = (str, Path, bytes, bytearray)
@@ -95,12 +118,15 @@ def scan_inputs(model_input) -> list:
     return items
 
 
-def embed_inputs(encoder: Encoder, items: list, meta: dict, spacing: float | None = None) -> np.ndarray:
+def embed_inputs(encoder: Encoder, items: list, meta: dict, spacing: float | None = None,
+                 reference: NormativeReference | None = None) -> np.ndarray:
     """Representations of scans given as bytes of scan files, paths (NIfTI files, DICOM files
     or folders, read by :func:`medcl.data.ingest.preprocess_file`; see
     :mod:`medcl.serving.scan_input` for which) or 3D arrays in RAS voxel order with isotropic
     voxels of ``spacing`` mm (default: the model's ``data.spacing``). A scan that cannot be
-    read is an :class:`InputRefused` naming it by its position."""
+    read is an :class:`InputRefused` naming it by its position. ``reference``: the model's
+    normative reference, when it was trained on deviation maps (:func:`check_reference`)."""
+    check_reference(meta, reference, "prediction")
     data_cfg = data_config(meta)
     spacing = float(spacing) if spacing else float(data_cfg.spacing)
     budget = RequestBudget()
@@ -111,5 +137,5 @@ def embed_inputs(encoder: Encoder, items: list, meta: dict, spacing: float | Non
                 pre = preprocess_file(scan, data_cfg)
             else:
                 pre = preprocess(np.asarray(scan, dtype=np.float32), np.diag([spacing] * 3 + [1.0]), data_cfg)
-            views.append(eval_view(pre.image, pre.mask, meta["view_size"]))
+            views.append(eval_view(model_input(pre, reference, f"input {i}"), pre.mask, meta["view_size"]))
     return embed_views(encoder, views)

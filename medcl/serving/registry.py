@@ -36,7 +36,9 @@ from mlflow.types.schema import AnyType
 
 import medcl
 from medcl import tracking
+from medcl.data.normative import NormativeReference
 from medcl.models import Encoder
+from medcl.serving.inference import check_reference
 from medcl.serving.outputs import DEFAULT_COVERAGE
 from medcl.tracking.spool import RunHandle, TrackingWarning, call_with_retry, retry_policy
 
@@ -184,38 +186,48 @@ def _log(kind: str, artifacts: dict[str, str], signature: ModelSignature, meta: 
 
 
 def log_encoder(encoder: Encoder, meta: dict, registered_name: str | None = None, run: RunHandle | None = None,
-                card_info: dict | None = None, version_tags: dict | None = None):
+                card_info: dict | None = None, version_tags: dict | None = None,
+                reference: NormativeReference | None = None):
     """Log (and optionally register) the encoder; MLflow's ModelInfo, or None when the server
-    was unreachable (the model is then saved locally, see the module docstring)."""
+    was unreachable (the model is then saved locally, see the module docstring). ``reference``:
+    the cohort's normative reference (``data.normative: pool``), an artifact of the model."""
     out_cols = Schema([ColSpec("float", f"h{i}") for i in range(encoder.feature_dim)])
     card = model_card("encoder", registered_name, meta, info=card_info)
     with tempfile.TemporaryDirectory() as tmp:
-        arts = _write_common(Path(tmp), encoder, meta, card)
+        arts = _write_common(Path(tmp), encoder, meta, card, reference)
         return _log("encoder", arts, ModelSignature(INPUT_SCHEMA, out_cols, params=params_schema(meta)), meta,
                     registered_name, run, card, version_tags)
 
 
 def log_fewshot(encoder: Encoder, head, meta: dict, registered_name: str | None = None,
-                run: RunHandle | None = None, card_info: dict | None = None, version_tags: dict | None = None):
-    """Log (and optionally register) encoder + linear head as the diagnosis model."""
+                run: RunHandle | None = None, card_info: dict | None = None, version_tags: dict | None = None,
+                reference: NormativeReference | None = None):
+    """Log (and optionally register) encoder + linear head as the diagnosis model (``reference``:
+    as :func:`log_encoder`)."""
     sets = bool(len(getattr(head, "conformal_scores_", ())))
     cols = [ColSpec("double", str(c)) for c in head.classes_] + [ColSpec("string", "label")]
     cols += [ColSpec("string", "prediction_set"), ColSpec("double", "coverage")] if sets else []
     card = model_card("fewshot", registered_name, meta, classes=head.classes_.tolist(), info=card_info)
     with tempfile.TemporaryDirectory() as tmp:
-        arts = _write_common(Path(tmp), encoder, meta, card)
+        arts = _write_common(Path(tmp), encoder, meta, card, reference)
         head.save(Path(tmp) / "head.npz")
         arts["head"] = str(Path(tmp) / "head.npz")
         return _log("fewshot", arts, ModelSignature(INPUT_SCHEMA, Schema(cols), params=params_schema(meta, sets)), meta,
                     registered_name, run, card, version_tags)
 
 
-def _write_common(tmp: Path, encoder: Encoder, meta: dict, card: str) -> dict[str, str]:
+def _write_common(tmp: Path, encoder: Encoder, meta: dict, card: str,
+                  reference: NormativeReference | None = None) -> dict[str, str]:
+    check_reference(meta, reference, "logging the model")
     torch.save(encoder.state_dict(), tmp / "encoder_weights.pt")
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     (tmp / "model_card.md").write_text(card)
-    return {"weights": str(tmp / "encoder_weights.pt"), "meta": str(tmp / "meta.json"),
+    arts = {"weights": str(tmp / "encoder_weights.pt"), "meta": str(tmp / "meta.json"),
             "model_card": str(tmp / "model_card.md")}
+    if reference is not None:
+        reference.save(tmp / "normative.npz")
+        arts["normative"] = str(tmp / "normative.npz")
+    return arts
 
 
 def alias_new_version(registered_name: str, version_: str | int, alias: str = "champion") -> str | None:

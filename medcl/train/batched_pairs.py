@@ -37,6 +37,7 @@ from medcl.augment.batched import apply_pairs, apply_views
 from medcl.augment.params import Box, ViewParams, foreground_box, sample_views, union_box
 from medcl.config import AugmentConfig
 from medcl.data.cohort import Cohort
+from medcl.data.normative import NormativeReference
 from medcl.train.pairs import Batch, PairSource
 from medcl.train.store import VolumeStore, cache_files, choose_placement, cohort_nbytes
 
@@ -62,21 +63,32 @@ class BatchParams:
         return self
 
 
+class _ModelInput:
+    """Scan ``i`` of a cohort as the encoder sees it (``Cohort.image``), made only when read."""
+
+    def __init__(self, cohort: Cohort, i: int, shape: tuple[int, ...]):
+        self.cohort, self.i, self.shape, self.size = cohort, i, tuple(shape), int(np.prod(shape))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self.cohort.image(self.i).astype(dtype or np.float32)
+
+
 class ParamDrawer(Dataset):
     """Run by loader workers: a :data:`Request` -> :class:`BatchParams`.
 
     Reads only bytes: the masks (``masks`` given: the parent's arrays, shared by fork and only
     read; else memory-mapped from ``mask_files``) and, when ``image_files`` is given (stream),
     the region of each image that the crops need. Each scan's foreground box is computed once,
-    here (``boxes``: given by a caller that holds them), not once per pair.
+    here (``boxes``: given by a caller that holds them), not once per pair. With a normative
+    ``reference`` (the cohort's), each streamed region is its deviation map, as ``Cohort.image``.
     """
 
     def __init__(self, cfg: AugmentConfig, seed: int, masks: Sequence[np.ndarray] | None = None,
                  mask_files: Sequence[Path] | None = None, image_files: Sequence[Path] | None = None,
-                 boxes: Sequence[Box] | None = None):
+                 boxes: Sequence[Box] | None = None, reference: NormativeReference | None = None):
         if masks is None and mask_files is None:
             raise ValueError("ParamDrawer: give the masks or their files")
-        self.cfg, self.seed = cfg, seed
+        self.cfg, self.seed, self.reference = cfg, seed, reference
         self.masks, self.mask_files, self.image_files = masks, mask_files, image_files
         n = len(masks) if masks is not None else len(mask_files)
         self.boxes = list(boxes) if boxes is not None else [foreground_box(self.mask(i)) for i in range(n)]
@@ -97,7 +109,9 @@ class ParamDrawer(Dataset):
             for i, pair in zip(indices, pairs):
                 start, size = union_box(pair)
                 img = np.load(self.image_files[i], mmap_mode="r")
-                box = img[tuple(slice(s, s + n) for s, n in zip(start, size))]
+                region = tuple(slice(s, s + n) for s, n in zip(start, size))
+                box = img[region] if self.reference is None else \
+                    self.reference.apply(img[region], self.mask(i)[region], region)
                 out.regions.append(torch.from_numpy(np.ascontiguousarray(box, dtype=np.float16)))
                 out.origins.append(start)
         return out
@@ -185,8 +199,12 @@ class BatchedPairs(PairSource):
         where = choose_placement(placement or cfg.cache, cohort_nbytes(images), device)
         store = None
         if where != "stream":
-            store = VolumeStore.from_arrays([np.load(f, mmap_mode="r") for f in images], where, device)
-        drawer = ParamDrawer(cfg, seed, mask_files=masks, image_files=images if where == "stream" else None)
+            arrays = [np.load(f, mmap_mode="r") for f in images]
+            if cohort.reference is not None:      # deviation maps, each made as the store copies it
+                arrays = [_ModelInput(cohort, i, a.shape) for i, a in enumerate(arrays)]
+            store = VolumeStore.from_arrays(arrays, where, device)
+        drawer = ParamDrawer(cfg, seed, mask_files=masks, image_files=images if where == "stream" else None,
+                             reference=cohort.reference)
         return cls(cfg, seed, device, cohort.label_ids(), store, drawer, num_workers, where, **kw)
 
     @classmethod
