@@ -14,6 +14,7 @@ from medcl.data.cohort import Cohort
 from medcl.data.demo import make_demo_sources
 from medcl.data.ingest import ingest, preprocess_file
 from medcl.data.normative import CLIP, NormativeReference, fit_reference
+from medcl.pipelines.pretrain import run_pretrain
 from medcl.serving.inference import check_reference, model_input
 from medcl.train.batched_pairs import BatchedPairs
 from medcl.train.pairs import epoch_batches
@@ -129,18 +130,26 @@ def test_a_model_and_its_reference_must_match_in_one_line(demo):
     ref = Cohort.load(demo[1]).reference
     meta = {"data": {"normative": "pool"}, "normative_sha256": ref.sha256}
     check_reference(meta, ref, "here")
-    with pytest.raises(ValueError, match=r"^here: the model was trained on normative deviation maps"):
+    with pytest.raises(ValueError, match=r"^here: the model's data.normative is pool \(deviation maps\) but no"):
         check_reference(meta, None, "here")
-    with pytest.raises(ValueError, match=r"^here: the cohort has a normative reference but the model"):
+    with pytest.raises(ValueError, match=r"^here: the cohort has a normative reference but the model's data.normative"):
         check_reference({"data": {"normative": "none"}}, ref, "here")
     other = NormativeReference(ref.median + 1, ref.scale, ref.n_scans)
     with pytest.raises(ValueError, match=r"^here: the normative reference differs"):
         check_reference(meta, other, "here")
 
 
-@pytest.mark.parametrize("override, named", [(["data.normative=mean"], "data.normative"),
-                                             (["data.normative=pool", "data.register=affine"], "pool with data.brain_mask: template")])
+@pytest.mark.parametrize("override, named", [
+    (["data.normative=mean"], "data.normative"),
+    (["data.normative=pool", "data.register=affine"], "pool with data.brain_mask: template")])
 def test_bad_settings_are_one_line_errors(override, named):
     with pytest.raises(ConfigError, match=named) as err:
         load_checked(overrides=override)
     assert "\n" not in str(err.value)
+
+
+def test_pretraining_refuses_a_cohort_made_otherwise_before_it_trains(demo, tmp_path):
+    cfg = load_checked(overrides=["data.register=affine", "data.brain_mask=template"])      # data.normative none
+    with pytest.raises(ValueError, match=r"cohort\w*: the cohort has a normative reference"):
+        run_pretrain(cfg, demo[1], tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db", progress=False)
+    assert not (tmp_path / "out" / "pretrain").exists()

@@ -16,7 +16,7 @@ from medcl.config import Config, config_to_dict, flatten
 from medcl.data.cohort import Cohort
 from medcl.data.normative import NormativeReference
 from medcl.dist import is_main_process
-from medcl.serving.inference import load_encoder
+from medcl.serving.inference import check_reference, load_encoder
 from medcl.serving.registry import alias_new_version, log_encoder
 from medcl.tracking import RunHandle
 from medcl.train import PretrainResult, pretrain
@@ -65,6 +65,7 @@ def run_pretrain(cfg: Config, cohort_dir: Path, out_dir: Path, tracking_uri: str
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / subdir
     cohort = pretrain_cohort(Cohort.load(cohort_dir))
+    check_reference(encoder_meta(cfg), cohort.reference, str(cohort_dir))   # data.normative as the cohort was made
     if not is_main_process():
         result = pretrain(cfg, cohort, work, progress=False, resume=resume)
         return PretrainOutput(None, result, None)

@@ -46,12 +46,11 @@ def check_reference(meta: dict, reference: NormativeReference | None, where: str
     reference it was trained with, and only such a model; a one-line ``ValueError`` otherwise."""
     wants = meta.get("data", {}).get("normative", "none") != "none"
     if wants and reference is None:
-        raise ValueError(f"{where}: the model was trained on normative deviation maps (data.normative: "
-                         f"{meta['data']['normative']}) but no normative reference is given (a cohort ingested with "
-                         "it, or the model's normative.npz artifact)")
+        raise ValueError(f"{where}: the model's data.normative is {meta['data']['normative']} (deviation maps) but no "
+                         "normative reference is given (ingest the cohort with it, or load the model's normative.npz)")
     if not wants and reference is not None:
-        raise ValueError(f"{where}: the cohort has a normative reference but the model was trained without one "
-                         "(data.normative: none)")
+        raise ValueError(f"{where}: the cohort has a normative reference but the model's data.normative is none "
+                         "(set it to pool, or ingest the cohort without it)")
     if reference is not None and meta.get("normative_sha256", reference.sha256) != reference.sha256:
         raise ValueError(f"{where}: the normative reference differs from the one the model was trained with "
                          f"(sha256 {reference.sha256[:12]} vs {meta['normative_sha256'][:12]})")
