@@ -312,8 +312,9 @@ def _model_commands(sub) -> None:
     r.add_argument("scans", nargs="+", help="NIfTI files or DICOM folders (one series each)")
     r.add_argument("--explain", metavar="OUT", help="also write a saliency NIfTI per scan (the predicted class's score, "
                                                      "on the scan's own grid) into folder OUT")
-    r.add_argument("--explain-method", choices=("occlusion", "gradcam"), default="occlusion",
-                   help="MONAI occlusion sensitivity (fine, slower) or Grad-CAM on the encoder's last stage (coarse)")
+    r.add_argument("--explain-method", choices=("occlusion", "gradcam", "gradient"), default="occlusion",
+                   help="MONAI occlusion sensitivity (fine, slower), Grad-CAM on the encoder's last stage (coarse) "
+                        "or the gradient's magnitude per voxel (fine, fast)")
     r.add_argument("--coverage", type=float, help="coverage of the prediction set printed beside the probabilities "
                                                    "(default 0.9; models registered with calibration scans)")
     _common(r, config=False)

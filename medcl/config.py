@@ -176,7 +176,7 @@ class FewShotConfig:
     calibration: str = "temperature"  # temperature scaling fitted on the support set by cross-fitting | none
     conformal_coverage: float = 0.9  # target coverage of the prediction sets (split conformal)
     # where it looked (docs/fewshot.md, "Saliency"): the demo report's maps of the registered head
-    saliency: str = "gradcam"        # gradcam (encoder's last stage, fast) | occlusion (finer, ~25 s a scan) | none
+    saliency: str = "gradcam"        # gradcam (last stage, coarse) | gradient (per voxel) | occlusion (~25 s a scan) | none
     saliency_per_class: int = 1      # correctly and wrongly classified evaluation scans shown per class
     embedding_map: str = "tsne"      # report's map of the embeddings: tsne | none
     pdf: bool = True                 # print report.pdf with headless Chromium (skipped with a warning if absent)
@@ -377,7 +377,7 @@ def _fewshot_checks(f: FewShotConfig) -> list[tuple[bool, str, str]]:
         (f.curve_boot >= 10, "fewshot.curve_boot", "must be >= 10"),
         (f.calibration in ("temperature", "none"), "fewshot.calibration", "must be temperature or none"),
         (0 < f.conformal_coverage < 1, "fewshot.conformal_coverage", "must be in (0, 1)"),
-        (f.saliency in ("gradcam", "occlusion", "none"), "fewshot.saliency", "must be gradcam, occlusion or none"),
+        (f.saliency in ("gradcam", "gradient", "occlusion", "none"), "fewshot.saliency", "must be gradcam|gradient|occlusion|none"),
         (f.saliency_per_class >= 1, "fewshot.saliency_per_class", "must be >= 1"),
     ]
 

@@ -80,13 +80,14 @@ def _wm_view(image_shape, brain, crop_margin):
     return (t[0, 0] > 0.9).numpy()
 
 
-def test_lesion_saliency_is_concentrated_in_the_simulated_lesions(tiny_demo):
+@pytest.mark.parametrize("method", ["occlusion", "gradient"])
+def test_lesion_saliency_is_concentrated_in_the_simulated_lesions(tiny_demo, method):
     cohort, masks, cfg = tiny_demo
     assert set(masks) == set(cohort.scan_keys.tolist())          # every scan found its source and mask
     encoder = DarkWhiteMatter(_wm_view(cohort.image(0).shape, cohort.mask(0), cfg.crop_margin))
     head = LinearHead(["atrophy", "healthy", "lesion"], np.zeros(2), np.array([[0.0, 0.0], [-50.0, 0.0], [50.0, 0.0]]),
                       np.zeros(3), False)
-    res = lesion_concentration(encoder, head, cohort, masks, S, "occlusion", n_boot=200, keep_maps=True)
+    res = lesion_concentration(encoder, head, cohort, masks, S, method, n_boot=200, keep_maps=True)
     assert res["n_scans"] == 3 and all(c["n_baseline"] == 8 for c in res["per_scan"])
     assert res["median_ratio"] > 2.0 and all(c["ratio"] > 1.3 and c["fraction_above"] >= 0.85 for c in res["per_scan"])
     # the same maps against each scan's own mask mirrored left-right: no better than the others'

@@ -9,7 +9,14 @@ temperature included), so :mod:`monai.visualize` explains the class score direct
   drop of the class logit when the cubes holding it are occluded (positive: the region speaks
   for the class). Fine-grained; one forward pass per cube position.
 - ``gradcam`` (``monai.visualize.GradCAM``, Selvaraju et al. 2017) on the encoder's last stage
-  (``layer4``): cheap, but as coarse as that stage (the view / 16).
+  (``layer4``): cheap, but as coarse as that stage (the view / 16: 3³ cells of a 48³ view, too
+  coarse for a lesion of a few voxels).
+- ``gradient`` (``monai.visualize.VanillaGrad``, Simonyan et al. 2014): the magnitude of the
+  class logit's gradient with respect to each voxel of the view — how much the score changes
+  when that voxel changes. One backward pass, at the view's full resolution. (Not gradient ×
+  input: on deviation maps the input itself is large where a scan departs from the pool, so
+  gradient × input would point at lesions whatever the model reads; the magnitude alone does
+  not, docs/fewshot.md.)
 
 A map is made on the evaluation view (the head's bounding box resized to the view size) and
 taken back to the preprocessed scan (:func:`view_to_image`: inverse resize into the crop box),
@@ -25,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.visualize import GradCAM, OcclusionSensitivity
+from monai.visualize import GradCAM, OcclusionSensitivity, VanillaGrad
 from scipy import ndimage
 from torch import nn
 
@@ -37,7 +44,7 @@ from medcl.data.register import template_grid
 __all__ = ["METHODS", "ClassScores", "view_saliency", "view_to_image", "image_to_scan", "scan_to_image",
            "region_means", "concentration", "template_crop", "template_regions", "explain_examples"]
 
-METHODS = ("occlusion", "gradcam")
+METHODS = ("occlusion", "gradcam", "gradient")
 
 
 class ClassScores(nn.Module):
@@ -74,6 +81,9 @@ def view_saliency(encoder: nn.Module, head, view: torch.Tensor, class_idx: int, 
         cam = GradCAM(model, target_layers="encoder.net.layer4")
         with torch.enable_grad():
             return cam(x.requires_grad_(True), class_idx=int(class_idx))[0, 0].detach().numpy()
+    if method == "gradient":
+        with torch.enable_grad():
+            return VanillaGrad(model)(x, index=int(class_idx))[0, 0].detach().abs().numpy()
     size = int(mask_size or max(4, x.shape[-1] // 6))
     occ = OcclusionSensitivity(model, mask_size=size, n_batch=32, verbose=False, mode="mean_img", overlap=overlap,
                                activate=False)
