@@ -6,7 +6,7 @@ lesion class's saliency inside each lesion-class evaluation scan's own simulated
 the other subjects' lesion masks (``lesions``; ``medcl.fewshot.lesions``).
 
     .venv/bin/python bench/trust.py --demo out/demo [--config configs/demo.yaml] [--per-class 3] [--method occlusion]
-        [--parts suite,registered,saliency,lesions] [--lesion-scans 12] [KEY=VALUE ...]
+        [--parts suite,registered,saliency,lesions] [--lesion-scans 12] [--random-init] [KEY=VALUE ...]
         # KEY=VALUE: config overrides, e.g. fewshot.curve_shots=1,2,3,5,10,20
 
 Reads ``OUT/cohort``, ``OUT/features.npz`` (the evaluation scans' pretrained features) and
@@ -32,6 +32,7 @@ from medcl.fewshot.conformal import head_report  # noqa: E402
 from medcl.fewshot.lesions import demo_lesion_masks, lesion_concentration  # noqa: E402
 from medcl.fewshot.saliency import concentration, explain_examples, template_regions  # noqa: E402
 from medcl.fewshot.suite import evaluate_features, evaluation_cohort, fit_deployable_head  # noqa: E402
+from medcl.models import build_encoder  # noqa: E402
 from medcl.pipelines.pretrain import encoder_meta  # noqa: E402
 from medcl.serving.inference import load_encoder  # noqa: E402
 from medcl.validate import load_checked  # noqa: E402
@@ -81,9 +82,12 @@ def main() -> int:
     ap.add_argument("--demo", required=True, type=Path)
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--per-class", type=int, default=3)
-    ap.add_argument("--method", choices=("gradcam", "occlusion"), help="saliency method (default: the config's)")
+    ap.add_argument("--method", choices=("gradcam", "gradient", "occlusion"), help="saliency method (default: the config's)")
     ap.add_argument("--parts", default="suite,registered,saliency,lesions", help="what to compute (comma-separated)")
     ap.add_argument("--lesion-scans", type=int, default=12, help="lesion-class evaluation scans for 'lesions'")
+    ap.add_argument("--random-init", action="store_true",
+                    help="the random-init encoder of train.seed (and its own head) instead of the pretrained one: the "
+                         "control for 'saliency' and 'lesions'")
     ap.add_argument("overrides", nargs="*", help="config overrides KEY=VALUE")
     a = ap.parse_args()
     cfg = load_checked(a.config, a.overrides)
@@ -94,7 +98,9 @@ def main() -> int:
     parts = set(a.parts.split(","))
     res = _suite(cfg, z) if "suite" in parts else {}
     cohort = Cohort.load(a.demo / "cohort")
-    encoder = load_encoder(a.demo / "pretrain" / "encoder.pt", encoder_meta(cfg))
+    m = cfg.model
+    encoder = build_encoder(m.arch, m.conv1_t_stride, m.widen_factor, seed=cfg.train.seed).eval() if a.random_init \
+        else load_encoder(a.demo / "pretrain" / "encoder.pt", encoder_meta(cfg))
     head, _ = fit_deployable_head(cfg, encoder, cohort, 5)
     if "registered" in parts:
         res["registered"] = head_report(head, z["features_pretrained"], z["labels"], z["subjects"],
