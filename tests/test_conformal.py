@@ -88,11 +88,33 @@ def test_a_registered_head_gives_sets_that_grow_with_coverage():
     labels = np.array(["a", "b", "c"])[y]
     head = make_head("prototype").fit(X[::6], labels[::6]).to_linear()
     with pytest.raises(ValueError, match="no calibration scans"):
-        head_sets(head, head.predict_proba(X), 0.9)
+        head_sets(head, head.decision_function(X), 0.9)
     calibrate_head(head, np.delete(X, np.s_[::6], 0), np.delete(labels, np.s_[::6]))
-    small, _ = head_sets(head, head.predict_proba(X), 0.5)
-    large, _ = head_sets(head, head.predict_proba(X), 0.99)
+    small, _ = head_sets(head, head.decision_function(X), 0.5)
+    large, _ = head_sets(head, head.decision_function(X), 0.99)
     assert all(set(a) <= set(b) for a, b in zip(small, large))
     assert np.mean([len(s) for s in small]) < np.mean([len(s) for s in large])
     with pytest.raises(ValueError, match="does not know"):
         calibrate_head(head, X[:2], ["a", "zebra"])
+
+
+@pytest.mark.parametrize("n_per_class", [3, 30])         # 3: too few for class-conditional thresholds
+def test_cv_plus_sets_are_the_split_conformal_sets_when_every_score_used_the_heads_own_scaling(n_per_class):
+    """A head calibrated on scans outside its fit (split conformal) stores its own scaling for
+    every scan; the CV+ rule of head_sets must then give exactly the threshold sets."""
+    rng = np.random.default_rng(4)
+    y = np.repeat([0, 1, 2], n_per_class + 4)
+    X = rng.normal(size=(len(y), 8)) + 1.0 * np.eye(3, 8)[y]
+    labels = np.array(["a", "b", "c"])[y]
+    fit = np.arange(len(y)) % (n_per_class + 4) < 4
+    head = make_head("prototype").fit(X[fit], labels[fit]).to_linear()
+    head.scale_, head.shift_, head.temperature = np.array([0.3, 0.2, 0.5]), np.array([0.0, 0.4, -0.2]), 1.5
+    calibrate_head(head, X[~fit], labels[~fit])
+    test = rng.normal(size=(200, 8)) + 0.5
+    class_conditional = {3: [True, False, False], 30: [True, True, True]}[n_per_class]    # 1, 4, 9 scans a class
+    for coverage, want in zip((0.5, 0.8, 0.9), class_conditional):
+        q, mondrian = thresholds(head.conformal_scores_[None], y[~fit][None], 3, 1 - coverage)
+        expected = prediction_sets(head.predict_proba(test), q[0][None])
+        sets, cc = head_sets(head, head.decision_function(test), coverage)
+        assert cc == bool(mondrian[0]) == want
+        assert [list(np.array(["a", "b", "c"])[row]) for row in expected] == sets
