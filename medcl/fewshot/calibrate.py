@@ -55,8 +55,7 @@ from medcl.fewshot.stats import EpisodePredictions
 
 __all__ = ["T_GRID", "support_folds", "fit_temperatures", "apply_temperature", "episode_temperatures",
            "calibrated", "support_temperature", "fit_vector_scaling", "choose_scaling", "cross_fitted_scaling",
-           "out_of_fold_nll",
-           "METHOD", "VECTOR_METHOD"]
+           "out_of_fold_nll", "METHOD", "VECTOR_METHOD"]
 
 T_GRID = np.geomspace(0.05, 50.0, 241)
 METHOD = ("temperature scaling fitted on the support set alone: K folds, each holding out one support subject "
@@ -157,9 +156,9 @@ def fit_vector_scaling(logits, y, ridge: float = 1e-3, shared: bool = False,
     """``(scale, shift)`` ``(C,)`` minimising the NLL of ``softmax(logits * scale + shift)`` against
     class indices ``y`` (``scale >= 0``, ``shift[0] = 0``; ``ridge``: an L2 pull of the shifts
     toward 0 and of the scales toward ``toward``, small by default, so a class absent from ``y``
-    keeps finite parameters). ``shared``: one
-    scale for every class and no shift (temperature scaling, ``T = 1 / scale``). Convex in the
-    parameters; L-BFGS-B from the identity."""
+    keeps finite parameters). ``shared``: one scale for every class and no shift (temperature
+    scaling, ``T = 1 / scale``). Convex in the parameters; L-BFGS-B from ``scale = toward``,
+    ``shift = 0``."""
     L, y = np.asarray(logits, float), np.asarray(y, int)
     n, C = L.shape
     onehot = np.eye(C)[y]
