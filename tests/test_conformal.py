@@ -11,7 +11,7 @@ import pytest
 from medcl.config import load_config
 from medcl.fewshot.conformal import calibrate_head, calibration_batch, head_sets, prediction_sets, thresholds
 from medcl.fewshot.episodes import sample_episode_batch
-from medcl.fewshot.heads import make_head
+from medcl.fewshot.heads import LinearHead, make_head
 from medcl.fewshot.ops import softmax
 from medcl.fewshot.suite import evaluate_features
 
@@ -118,3 +118,18 @@ def test_cv_plus_sets_are_the_split_conformal_sets_when_every_score_used_the_hea
         sets, cc = head_sets(head, head.decision_function(test), coverage)
         assert cc == bool(mondrian[0]) == want
         assert [list(np.array(["a", "b", "c"])[row]) for row in expected] == sets
+
+
+def test_cv_plus_scores_a_new_scan_under_each_calibration_scans_own_fold_scaling():
+    """Worked by hand: 3 calibration scores of 0.3 (marginal at coverage 0.7: a class is out of
+    the set when all 3 lie below the new scan's score), each made under a fold scaling that adds
+    2 to class b's logit. A new scan with raw scores (0, 0) scores 1 - sigmoid(2) = 0.12 for b
+    (none below: in) and 0.88 for a (all below: out) under those scalings; under the head's own
+    scaling (identity) both would score 0.5 and the set would be empty."""
+    head = LinearHead(["a", "b"], np.zeros(2), np.eye(2), np.zeros(2), False, conformal_scores=[0.3, 0.3, 0.3],
+                      conformal_labels=["a", "a", "b"], conformal_scale=np.ones((3, 2)),
+                      conformal_shift=np.tile([0.0, 2.0], (3, 1)))
+    assert head_sets(head, head.decision_function(np.zeros((1, 2))), 0.7) == ([["b"]], False)
+    own = LinearHead(["a", "b"], np.zeros(2), np.eye(2), np.zeros(2), False, conformal_scores=[0.3, 0.3, 0.3],
+                     conformal_labels=["a", "a", "b"])
+    assert head_sets(own, own.decision_function(np.zeros((1, 2))), 0.7) == ([[]], False)
