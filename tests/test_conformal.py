@@ -11,7 +11,7 @@ import pytest
 from medcl.config import load_config
 from medcl.fewshot.conformal import calibrate_head, calibration_batch, head_sets, prediction_sets, thresholds
 from medcl.fewshot.episodes import sample_episode_batch
-from medcl.fewshot.heads import make_head
+from medcl.fewshot.heads import LinearHead, make_head
 from medcl.fewshot.ops import softmax
 from medcl.fewshot.suite import evaluate_features
 
@@ -88,11 +88,48 @@ def test_a_registered_head_gives_sets_that_grow_with_coverage():
     labels = np.array(["a", "b", "c"])[y]
     head = make_head("prototype").fit(X[::6], labels[::6]).to_linear()
     with pytest.raises(ValueError, match="no calibration scans"):
-        head_sets(head, head.predict_proba(X), 0.9)
+        head_sets(head, head.decision_function(X), 0.9)
     calibrate_head(head, np.delete(X, np.s_[::6], 0), np.delete(labels, np.s_[::6]))
-    small, _ = head_sets(head, head.predict_proba(X), 0.5)
-    large, _ = head_sets(head, head.predict_proba(X), 0.99)
+    small, _ = head_sets(head, head.decision_function(X), 0.5)
+    large, _ = head_sets(head, head.decision_function(X), 0.99)
     assert all(set(a) <= set(b) for a, b in zip(small, large))
     assert np.mean([len(s) for s in small]) < np.mean([len(s) for s in large])
     with pytest.raises(ValueError, match="does not know"):
         calibrate_head(head, X[:2], ["a", "zebra"])
+
+
+@pytest.mark.parametrize("n_per_class", [3, 30])         # 3: too few for class-conditional thresholds
+def test_cv_plus_sets_are_the_split_conformal_sets_when_every_score_used_the_heads_own_scaling(n_per_class):
+    """A head calibrated on scans outside its fit (split conformal) stores its own scaling for
+    every scan; the CV+ rule of head_sets must then give exactly the threshold sets."""
+    rng = np.random.default_rng(4)
+    y = np.repeat([0, 1, 2], n_per_class + 4)
+    X = rng.normal(size=(len(y), 8)) + 1.0 * np.eye(3, 8)[y]
+    labels = np.array(["a", "b", "c"])[y]
+    fit = np.arange(len(y)) % (n_per_class + 4) < 4
+    head = make_head("prototype").fit(X[fit], labels[fit]).to_linear()
+    head.scale_, head.shift_, head.temperature = np.array([0.3, 0.2, 0.5]), np.array([0.0, 0.4, -0.2]), 1.5
+    calibrate_head(head, X[~fit], labels[~fit])
+    test = rng.normal(size=(200, 8)) + 0.5
+    class_conditional = {3: [True, False, False], 30: [True, True, True]}[n_per_class]    # 1, 4, 9 scans a class
+    for coverage, want in zip((0.5, 0.8, 0.9), class_conditional):
+        q, mondrian = thresholds(head.conformal_scores_[None], y[~fit][None], 3, 1 - coverage)
+        expected = prediction_sets(head.predict_proba(test), q[0][None])
+        sets, cc = head_sets(head, head.decision_function(test), coverage)
+        assert cc == bool(mondrian[0]) == want
+        assert [list(np.array(["a", "b", "c"])[row]) for row in expected] == sets
+
+
+def test_cv_plus_scores_a_new_scan_under_each_calibration_scans_own_fold_scaling():
+    """Worked by hand: 3 calibration scores of 0.3 (marginal at coverage 0.7: a class is out of
+    the set when all 3 lie below the new scan's score), each made under a fold scaling that adds
+    2 to class b's logit. A new scan with raw scores (0, 0) scores 1 - sigmoid(2) = 0.12 for b
+    (none below: in) and 0.88 for a (all below: out) under those scalings; under the head's own
+    scaling (identity) both would score 0.5 and the set would be empty."""
+    head = LinearHead(["a", "b"], np.zeros(2), np.eye(2), np.zeros(2), False, conformal_scores=[0.3, 0.3, 0.3],
+                      conformal_labels=["a", "a", "b"], conformal_scale=np.ones((3, 2)),
+                      conformal_shift=np.tile([0.0, 2.0], (3, 1)))
+    assert head_sets(head, head.decision_function(np.zeros((1, 2))), 0.7) == ([["b"]], False)
+    own = LinearHead(["a", "b"], np.zeros(2), np.eye(2), np.zeros(2), False, conformal_scores=[0.3, 0.3, 0.3],
+                     conformal_labels=["a", "a", "b"])
+    assert head_sets(own, own.decision_function(np.zeros((1, 2))), 0.7) == ([[]], False)

@@ -15,10 +15,15 @@ At K = 1 no fold keeps a class: ``T = 1`` (uncalibrated), and the report says so
 **Vector scaling on a calibration split** (:func:`fit_vector_scaling`; Guo et al. 2017, section 4.2):
 the registered model has labelled scans beyond its support (train-split subjects in neither its
 support nor anything it is evaluated on), so its probabilities are ``softmax(a * s + b)`` with a
-scale ``a_c >= 0`` and a shift ``b_c`` per class (``b`` of the first class 0), fitted by least
-negative log-likelihood on half of those scans (the other half holds its conformal scores). Fifteen
-cross-fitted support predictions fix one temperature only roughly, and one temperature cannot
-correct a 5-shot head whose classes are unevenly sure (docs/fewshot.md, "The registered model").
+scale ``a_c >= 0`` and a shift ``b_c`` per class (``b`` of the first class 0), or one temperature,
+whichever 5-fold cross-validation prefers (:func:`choose_scaling`), fitted by least negative
+log-likelihood on **all** those scans. Their conformal scores come out of fold
+(:func:`cross_fitted_scaling`): each scan is scored by the scaling the same rule fits on the other
+folds, the CV+ construction of :mod:`medcl.fewshot.conformal`. Fitting on half the scans (the other
+half held the scores) overfitted: one encoder's deployed ECE was 0.13 where one temperature gave
+0.08 (docs/fewshot.md, "The registered model"). Fifteen cross-fitted support predictions fix one
+temperature only roughly, and one temperature cannot correct a 5-shot head whose classes are
+unevenly sure.
 
 The same function scores every episode of an evaluation (vectorised over episodes with the
 head's own batched predictor) and fits the registered model's ``T`` (a one-episode batch made of
@@ -37,6 +42,8 @@ Example::
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_softmax
@@ -47,14 +54,15 @@ from medcl.fewshot.heads import HEADS
 from medcl.fewshot.stats import EpisodePredictions
 
 __all__ = ["T_GRID", "support_folds", "fit_temperatures", "apply_temperature", "episode_temperatures",
-           "calibrated", "support_temperature", "fit_vector_scaling", "choose_scaling", "METHOD", "VECTOR_METHOD"]
+           "calibrated", "support_temperature", "fit_vector_scaling", "choose_scaling", "cross_fitted_scaling",
+           "out_of_fold_nll", "METHOD", "VECTOR_METHOD"]
 
 T_GRID = np.geomspace(0.05, 50.0, 241)
 METHOD = ("temperature scaling fitted on the support set alone: K folds, each holding out one support subject "
           "per class; NLL with Platt's smoothed targets")
 VECTOR_METHOD = ("temperature or vector scaling (a scale and a shift per class), whichever 5-fold cross-validation "
-                 "prefers, fitted by NLL on half of the calibration scans (train-split subjects outside the support); "
-                 "the other half holds the conformal scores")
+                 "prefers, fitted by NLL on all the calibration scans (train-split subjects outside the support); "
+                 "their conformal scores come out of fold (CV+, 5 folds)")
 
 
 def support_folds(batch: EpisodeBatch) -> EpisodeBatch:
@@ -143,12 +151,14 @@ def support_temperature(head: str, features, labels, subjects=None, **options) -
     return float(episode_temperatures(head, features, batch, subj, **options)[0])
 
 
-def fit_vector_scaling(logits, y, ridge: float = 1e-3, shared: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def fit_vector_scaling(logits, y, ridge: float = 1e-3, shared: bool = False,
+                       toward: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """``(scale, shift)`` ``(C,)`` minimising the NLL of ``softmax(logits * scale + shift)`` against
-    class indices ``y`` (``scale >= 0``, ``shift[0] = 0``; ``ridge``: a small L2 pull of the shifts
-    and of ``scale - 1``, so a class absent from ``y`` keeps finite parameters). ``shared``: one
-    scale for every class and no shift (temperature scaling, ``T = 1 / scale``). Convex in the
-    parameters; L-BFGS-B from the identity."""
+    class indices ``y`` (``scale >= 0``, ``shift[0] = 0``; ``ridge``: an L2 pull of the shifts
+    toward 0 and of the scales toward ``toward``, small by default, so a class absent from ``y``
+    keeps finite parameters). ``shared``: one scale for every class and no shift (temperature
+    scaling, ``T = 1 / scale``). Convex in the parameters; L-BFGS-B from ``scale = toward``,
+    ``shift = 0``."""
     L, y = np.asarray(logits, float), np.asarray(y, int)
     n, C = L.shape
     onehot = np.eye(C)[y]
@@ -158,26 +168,48 @@ def fit_vector_scaling(logits, y, ridge: float = 1e-3, shared: bool = False) -> 
         a, b = unpack(w)
         lp = log_softmax(L * a + b, axis=1)
         g = np.exp(lp) - onehot                              # d NLL / d z, per scan
-        reg = ridge * (np.sum((a - 1.0) ** 2) + np.sum(b ** 2))
-        ga, gb = (g * L).sum(0) / n + 2 * ridge * (a - 1.0), g[:, 1:].sum(0) / n + 2 * ridge * b[1:]
+        reg = ridge * (np.sum((a - toward) ** 2) + np.sum(b ** 2))
+        ga, gb = (g * L).sum(0) / n + 2 * ridge * (a - toward), g[:, 1:].sum(0) / n + 2 * ridge * b[1:]
         return -(lp * onehot).sum() / n + reg, (np.array([ga.sum()]) if shared else np.r_[ga, gb])
 
-    start = np.ones(1) if shared else np.r_[np.ones(C), np.zeros(C - 1)]
+    start = np.full(1, toward) if shared else np.r_[np.full(C, toward), np.zeros(C - 1)]
     bounds = [(0.0, None)] * (1 if shared else C) + ([] if shared else [(None, None)] * (C - 1))
     return unpack(minimize(nll, start, jac=True, method="L-BFGS-B", bounds=bounds).x)
+
+
+def _folds(n: int, folds: int, seed: int) -> np.ndarray:
+    """Fold of each of ``n`` scans: a seeded permutation, dealt round-robin."""
+    return np.random.default_rng(seed).permutation(n) % folds
+
+
+def out_of_fold_nll(logits, y, fit, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """NLL ``(n,)`` of every scan under the scaling ``fit(logits, y) -> (scale, shift)`` fitted
+    on the other ``folds - 1`` folds."""
+    L, y = np.asarray(logits, float), np.asarray(y, int)
+    fold, out = _folds(len(y), folds, seed), np.empty(len(y))
+    for f in range(folds):
+        a, b = fit(L[fold != f], y[fold != f])
+        out[fold == f] = -log_softmax(L[fold == f] * a + b, axis=1)[np.arange((fold == f).sum()), y[fold == f]]
+    return out
 
 
 def choose_scaling(logits, y, folds: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
     """Temperature or vector scaling, whichever predicts held-out scans better (NLL, ``folds``-fold
     cross-validation on ``logits``/``y``), refitted on all of them: ``(scale, shift, kind)``."""
-    L, y = np.asarray(logits, float), np.asarray(y, int)
-    fold = np.random.default_rng(seed).permutation(len(y)) % folds
-    cv = {}
-    for kind in ("temperature", "vector"):
-        lp = []
-        for f in range(folds):
-            a, b = fit_vector_scaling(L[fold != f], y[fold != f], shared=kind == "temperature")
-            lp.append(log_softmax(L[fold == f] * a + b, axis=1)[np.arange((fold == f).sum()), y[fold == f]])
-        cv[kind] = -np.concatenate(lp).mean()
+    cv = {kind: out_of_fold_nll(logits, y, partial(fit_vector_scaling, shared=kind == "temperature"), folds,
+                                seed).mean() for kind in ("temperature", "vector")}
     kind = min(cv, key=cv.get)
-    return (*fit_vector_scaling(L, y, shared=kind == "temperature"), kind)
+    return (*fit_vector_scaling(logits, y, shared=kind == "temperature"), kind)
+
+
+def cross_fitted_scaling(logits, y, folds: int = 5, seed: int = 0):
+    """:func:`choose_scaling` on all of ``logits``/``y`` (what is deployed) and, for every scan,
+    the scaling that the same rule fits on the other ``folds - 1`` folds (its out-of-fold
+    scaling, for CV+ conformal scores): ``(scale (C,), shift (C,), kind, fold_scale (n, C),
+    fold_shift (n, C))``. Folds differ from those inside :func:`choose_scaling` (seed + 1)."""
+    L, y = np.asarray(logits, float), np.asarray(y, int)
+    fold = _folds(len(y), folds, seed + 1)
+    A, B = np.empty(L.shape), np.empty(L.shape)
+    for f in range(folds):
+        A[fold == f], B[fold == f], _ = choose_scaling(L[fold != f], y[fold != f], folds, seed)
+    return (*choose_scaling(L, y, folds, seed), A, B)

@@ -14,6 +14,16 @@ class's calibration scans, so the guarantee holds for every class (a rare class 
 uncovered); used when every class has at least ``ceil((1 - alpha) / alpha)`` calibration scans
 (else a class's threshold would be infinite), otherwise the marginal threshold is used.
 
+**CV+** (Barber et al. 2021, "Predictive inference with the jackknife+", section 3; Romano et al.
+2020 for classification): a registered head whose calibration (its scaling) was fitted on the
+same calibration scans stores, for each scan, the scaling fitted without that scan's fold
+(:func:`~medcl.fewshot.calibrate.cross_fitted_scaling`) and its score under it. Class ``c`` is in
+a new scan's set when fewer than ``(1 - alpha)(n + 1)`` calibration scores are below the new
+scan's score ``1 - p(c)`` under *that scan's* fold scaling (:func:`head_sets`). The guarantee is
+then coverage at least ``1 - 2 alpha`` (minus a term of order ``folds / n``); in practice it is
+close to ``1 - alpha`` (measured in docs/fewshot.md). When every stored scaling is the head's own
+(split conformal), this is exactly the threshold rule above.
+
 Example::
 
     >>> scores = np.array([[.1, .2, .3, .4, .5, .6, .7, .8, .9]])    # one episode, 9 calibration scans
@@ -133,30 +143,40 @@ def set_summary(query: EpisodePredictions, sets: np.ndarray, alpha: float, n_boo
             "target_met": bool(cov_ci[0] <= 1.0 - alpha <= cov_ci[1] or cov_ci[0] > 1.0 - alpha)}
 
 
-def calibrate_head(head, features, labels) -> None:
+def calibrate_head(head, features, labels, scale=None, shift=None) -> None:
     """Store in a :class:`~medcl.fewshot.heads.LinearHead` the nonconformity scores
     ``1 - p(true class)`` of its calibration scans (``features`` ``(N, D)``, ``labels`` ``(N,)``;
-    subjects disjoint from its support and from whatever it will predict)."""
+    subjects disjoint from its support and from whatever it will predict) and the scaling each
+    was scored with: ``scale``/``shift`` ``(N, C)`` (out-of-fold, CV+), else the head's own."""
     labels = np.asarray(labels).astype(str)
     known = dict(zip(np.asarray(head.classes_).astype(str), range(len(head.classes_))))
     unknown = sorted(set(labels) - set(known))
     if unknown:
         raise ValueError(f"calibration scans have classes the head does not know: {unknown}")
-    proba = head.predict_proba(features)
+    L = head.decision_function(features)
+    A = np.broadcast_to(head.scale_ if scale is None else scale, L.shape).astype(float)
+    B = np.broadcast_to(head.shift_ if shift is None else shift, L.shape).astype(float)
+    proba = softmax((L * A + B) / head.temperature)
     head.conformal_scores_ = 1.0 - proba[np.arange(len(labels)), [known[v] for v in labels]]
     head.conformal_labels_ = labels
+    head.conformal_scale_, head.conformal_shift_ = A, B
 
 
-def head_sets(head, proba, coverage: float) -> tuple[list[list[str]], bool]:
-    """Prediction sets (class names) of the rows of ``proba`` at ``coverage``, from the head's
-    stored calibration scores; and whether the thresholds are class-conditional."""
+def head_sets(head, scores, coverage: float) -> tuple[list[list[str]], bool]:
+    """Prediction sets (class names) at ``coverage`` of the scans whose raw head scores are the
+    rows of ``scores`` (``head.decision_function``), from the head's stored calibration scores by
+    the CV+ rule (module docstring); and whether they are class-conditional."""
     if not len(head.conformal_scores_):
         raise ValueError("this model has no calibration scans, so it gives no prediction sets")
     names = np.asarray(head.classes_).astype(str)
-    y = np.searchsorted(names, head.conformal_labels_) if (np.sort(names) == names).all() else \
-        np.array([list(names).index(v) for v in head.conformal_labels_])
-    q, mondrian = thresholds(head.conformal_scores_[None], y[None], len(names), 1.0 - float(coverage))
-    sets = prediction_sets(proba, q[0][None, :])
+    y = np.array([list(names).index(v) for v in head.conformal_labels_])
+    alpha, C = 1.0 - float(coverage), len(names)
+    _, mondrian = thresholds(head.conformal_scores_[None], y[None], C, alpha)
+    z = (np.asarray(scores, float)[:, None, :] * head.conformal_scale_ + head.conformal_shift_) / head.temperature
+    test = 1.0 - softmax(z)                                                  # (N, n, C): under each scan's scaling
+    counts = np.eye(C, dtype=bool)[y] if mondrian[0] else np.ones((len(y), C), bool)    # (n, C): who counts for c
+    below = ((head.conformal_scores_[:, None] < test - 1e-12) & counts).sum(1)        # (N, C)
+    sets = below < np.ceil((counts.sum(0) + 1) * (1 - alpha) - 1e-9)
     return [names[row].tolist() for row in sets], bool(mondrian[0])
 
 
@@ -175,7 +195,7 @@ def head_report(head, features, labels, subjects, coverage: float, n_boot: int =
         r = summarise(p, n_boot, seed, int(subj.max()) + 1)
         out[name] = {m: r[m] for m in ("ece", "ece_ci95", "brier", "brier_ci95", "balanced_accuracy", "ci95")}
     if len(head.conformal_scores_):
-        sets, mondrian = head_sets(head, head.predict_proba(features), coverage)
+        sets, mondrian = head_sets(head, head.decision_function(features), coverage)
         covered = np.array([lab in s for lab, s in zip(labels, sets)], float)
         size = np.array([len(s) for s in sets], float)
         keep = np.ones(len(labels), bool)

@@ -77,10 +77,12 @@ class LinearHead:
     per-class ``scale`` (ones) and ``shift`` (zeros; vector scaling) are the calibration of
     :mod:`medcl.fewshot.calibrate`; ``predict`` follows the calibrated probabilities.
     ``conformal_scores`` and ``conformal_labels`` (optional) are the nonconformity scores and
-    classes of its calibration scans (:mod:`medcl.fewshot.conformal`)."""
+    classes of its calibration scans, ``conformal_scale``/``conformal_shift`` ``(N, C)`` the
+    scaling each was scored with (default: the head's own; :mod:`medcl.fewshot.conformal`)."""
 
     def __init__(self, classes, mean, weight, bias, normalise: bool, temperature: float = 1.0,
-                 conformal_scores=None, conformal_labels=None, scale=None, shift=None):
+                 conformal_scores=None, conformal_labels=None, scale=None, shift=None, conformal_scale=None,
+                 conformal_shift=None):
         self.classes_ = np.asarray(classes)
         self.mean_ = np.asarray(mean, dtype=float)
         self.weight_ = np.asarray(weight, dtype=float)
@@ -103,6 +105,10 @@ class LinearHead:
         self.conformal_labels_ = np.asarray([] if conformal_labels is None else conformal_labels).astype(str)
         if self.conformal_scores_.shape != self.conformal_labels_.shape:
             raise ValueError("LinearHead: conformal_scores and conformal_labels must have the same length")
+        n = len(self.conformal_scores_)
+        self.conformal_scale_, self.conformal_shift_ = (
+            np.array(np.broadcast_to(own if v is None else np.asarray(v, dtype=float), (n, c)))
+            for own, v in ((self.scale_, conformal_scale), (self.shift_, conformal_shift)))
 
     def __repr__(self):
         return (f"LinearHead(classes={self.classes_.tolist()}, dim={self.n_features_in_}, normalise={self.normalise}, "
@@ -128,15 +134,17 @@ class LinearHead:
             np.savez(f, classes=np.asarray(self.classes_.tolist()), mean=self.mean_, weight=self.weight_,
                      bias=self.bias_, normalise=np.asarray(self.normalise), temperature=np.asarray(self.temperature),
                      conformal_scores=self.conformal_scores_, conformal_labels=self.conformal_labels_,
-                     scale=self.scale_, shift=self.shift_)
+                     scale=self.scale_, shift=self.shift_, conformal_scale=self.conformal_scale_,
+                     conformal_shift=self.conformal_shift_)
 
     @classmethod
     def load(cls, path) -> "LinearHead":
         """A saved head; one saved before calibration existed loads with temperature 1, no vector
-        scaling and no scores."""
+        scaling and no scores; one saved before CV+ with its scores made by its own scaling."""
         try:
             with np.load(Path(path), allow_pickle=False) as z:
-                extra = {k: z[k] for k in ("conformal_scores", "conformal_labels", "scale", "shift") if k in z.files}
+                extra = {k: z[k] for k in ("conformal_scores", "conformal_labels", "scale", "shift", "conformal_scale",
+                                           "conformal_shift") if k in z.files}
                 return cls(z["classes"], z["mean"], z["weight"], z["bias"], bool(z["normalise"]),
                            float(z["temperature"]) if "temperature" in z.files else 1.0, **extra)
         except (OSError, KeyError, ValueError) as e:

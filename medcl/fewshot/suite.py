@@ -16,6 +16,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from medcl.config import Config, FewShotConfig, config_to_dict, flatten
 from medcl.data.cohort import Cohort
 from medcl.fewshot.baselines import SOURCE_LABELS, linear_probe, pca_features, scratch_predictions
 from medcl.fewshot.budget import evaluate_budget
-from medcl.fewshot.calibrate import (METHOD as CALIBRATION_METHOD, VECTOR_METHOD, calibrated, choose_scaling,
+from medcl.fewshot.calibrate import (METHOD as CALIBRATION_METHOD, VECTOR_METHOD, calibrated, cross_fitted_scaling,
                                      episode_temperatures, support_temperature)
 from medcl.fewshot.conformal import calibrate_head, episode_sets, set_summary
 from medcl.fewshot.curve import learning_curve
@@ -40,7 +41,8 @@ from medcl.fewshot.stats import paired_difference, reliability_bins, roc_points,
 from medcl.models import Encoder
 
 __all__ = ["FewShotOutput", "evaluation_cohort", "pca_cohort", "confusion_shot", "head_options", "eval_spec",
-           "radiomics_baseline", "radiomics_fit_cohort", "evaluate_encoders", "evaluate_features", "fit_deployable_head", "save_features", "log_to_mlflow"]
+           "radiomics_baseline", "radiomics_fit_cohort", "evaluate_encoders", "evaluate_features", "fit_deployable_head",
+           "calibrate_deployable_head", "save_features", "log_to_mlflow"]
 
 
 def evaluation_cohort(cohort: Cohort) -> Cohort:
@@ -345,7 +347,8 @@ def fit_deployable_head(cfg: Config, encoder: Encoder, cohort: Cohort, k: int) -
     from the ``train`` split (or from all labelled scans); returns (linear head, scan keys).
     A primary head with no linear form (kNN) deploys the head its spec names (``deploy_as``).
     With ``fewshot.calibration`` on, a class with ``k`` subjects or fewer keeps one out of the
-    support, and the pool's other subjects (one scan each) calibrate the head (:func:`_calibrate`)."""
+    support, and the pool's other subjects (one scan each) calibrate the head
+    (:func:`calibrate_deployable_head`)."""
     pool = cohort.select(split="train", labelled=True)
     pool = pool if len(pool) else cohort.select(labelled=True)
     rng = np.random.default_rng(cfg.fewshot.seed)
@@ -364,27 +367,26 @@ def fit_deployable_head(cfg: Config, encoder: Encoder, cohort: Cohort, k: int) -
     if cfg.fewshot.calibration != "none":
         calib = _calibration_scans(pool, set(support.subjects.tolist()))
         calib_feats = embed_cohort(encoder, calib, cfg.augment.view_size) if len(calib) else np.zeros((0, feats.shape[1]))
-        _calibrate(head, calib_feats, calib.labels, lambda: support_temperature(name, feats, support.labels,
-                                                                                 support.subjects, **opts))
+        calibrate_deployable_head(head, calib_feats, calib.labels,
+                                  partial(support_temperature, name, feats, support.labels, support.subjects, **opts))
     return head, support.scan_keys.tolist()
 
 
-MIN_VECTOR_SCANS = 5   # per class in each half of the calibration scans, for vector scaling
+MIN_SCALING_SCANS = 10   # calibration scans per class for scaling fitted on them (5 folds: 8 to fit each)
 
 
-def _calibrate(head: LinearHead, features: np.ndarray, labels, support_T) -> None:
-    """Vector scaling fitted on every other calibration scan and conformal scores from the rest
-    (``head.calibration``: :data:`~medcl.fewshot.calibrate.VECTOR_METHOD`) when each half holds
-    MIN_VECTOR_SCANS of every class; else the support's cross-fitted temperature (``support_T()``)
-    and conformal scores from every calibration scan."""
+def calibrate_deployable_head(head: LinearHead, features: np.ndarray, labels, support_T) -> None:
+    """Temperature or vector scaling fitted on all calibration scans, their conformal scores out
+    of fold (``head.calibration``: :data:`~medcl.fewshot.calibrate.VECTOR_METHOD`) when every
+    class has MIN_SCALING_SCANS; else the support's cross-fitted temperature (``support_T()``)
+    and split-conformal scores from every calibration scan."""
     labels = np.asarray(labels).astype(str)
     names = np.asarray(head.classes_).astype(str).tolist()
-    fit = np.arange(len(labels)) % 2 == 0
-    if all(min((labels[part] == c).sum() for part in (fit, ~fit)) >= MIN_VECTOR_SCANS for c in names):
-        y = np.array([names.index(v) for v in labels[fit]])
-        head.scale_, head.shift_, kind = choose_scaling(head.decision_function(features[fit]), y)
+    if len(labels) and all((labels == c).sum() >= MIN_SCALING_SCANS for c in names):
+        y = np.array([names.index(v) for v in labels])
+        head.scale_, head.shift_, kind, A, B = cross_fitted_scaling(head.decision_function(features), y)
         head.calibration = f"{kind}: {VECTOR_METHOD}"
-        calibrate_head(head, features[~fit], labels[~fit])
+        calibrate_head(head, features, labels, A, B)
         return
     head.temperature, head.calibration = support_T(), CALIBRATION_METHOD
     if len(labels):

@@ -95,15 +95,16 @@ def _deployed(d: dict) -> str:
             for name in ("before", "after")]
     kind = d.get("calibration", "").split(":")[0]
     how = {"vector": "vector scaling: scale " + ", ".join(f"{v:.2f}" for v in d.get("scale", [])) + "; shift "
-                     + ", ".join(f"{v:.2f}" for v in d.get("shift", [])) + ", fitted on half of its calibration scans",
-           "temperature": f"temperature {1 / max(d.get('scale', [1.0])[0], 1e-9):.2f}, fitted on half of its calibration "
-                          "scans"}.get(kind, f"temperature {d['temperature']:.2f}, fitted on its own support")
+                     + ", ".join(f"{v:.2f}" for v in d.get("shift", [])) + ", fitted on its calibration scans",
+           "temperature": f"temperature {1 / max(d.get('scale', [1.0])[0], 1e-9):.2f}, fitted on its calibration scans"
+           }.get(kind, f"temperature {d['temperature']:.2f}, fitted on its own support")
     text = (f"<h3>The registered model</h3><p>Its head ({esc(how)}) on the {d['n_scans']} evaluation scans, which none "
             "of its support or calibration subjects hold; before: its raw scores, after: calibrated:</p>"
             + table(["", "ECE", "Brier"], rows))
     if "sets" in d:
         s = d["sets"]
-        text += (f"<p>Its prediction sets at coverage {s['target']:g} (from {d['n_calibration']} calibration scans, "
+        text += (f"<p>Its prediction sets at coverage {s['target']:g} (from {d['n_calibration']} calibration scans"
+                 f"{', CV+' if kind in ('vector', 'temperature') else ''}, "
                  f"{'class-conditional' if s['class_conditional'] else 'marginal'}): empirical coverage "
                  f"{fmt(s['coverage'], s['coverage_ci95'])}, mean set size "
                  f"{fmt(s['mean_set_size'], s['mean_set_size_ci95'])}.</p>")

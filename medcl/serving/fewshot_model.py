@@ -34,7 +34,7 @@ class FewShotModel(mlflow.pyfunc.PythonModel):
         probs = self.head.predict_proba(feats)
         out = pd.DataFrame(probs, columns=[str(c) for c in self.head.classes_])
         out["label"] = np.asarray(self.head.classes_)[probs.argmax(1)]
-        return with_prediction_sets(out, self.head, probs, (params or {}).get("coverage"))
+        return with_prediction_sets(out, self.head, self.head.decision_function(feats), (params or {}).get("coverage"))
 
 
 mlflow.models.set_model(FewShotModel())

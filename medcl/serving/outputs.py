@@ -1,7 +1,7 @@
 """What the few-shot model answers besides its probabilities: the prediction set.
 
-Kept apart from input handling (:mod:`medcl.serving.inference`): given the model's calibrated
-probabilities and its head's stored conformal calibration scores
+Kept apart from input handling (:mod:`medcl.serving.inference`): given the head's raw scores of
+the scans and its stored conformal calibration scores
 (:func:`medcl.fewshot.conformal.calibrate_head`), the set of classes at the asked coverage
 (param ``coverage``, default :data:`DEFAULT_COVERAGE`), as a ``|``-joined string (one cell per
 scan), and the coverage it was made for."""
@@ -30,13 +30,14 @@ def check_coverage(value) -> float:
     return c
 
 
-def with_prediction_sets(out, head, proba: np.ndarray, coverage=None):
+def with_prediction_sets(out, head, scores: np.ndarray, coverage=None):
     """``out`` (one row per scan) with ``prediction_set`` and ``coverage`` columns when the head
-    has calibration scores; unchanged otherwise (a model registered before they existed)."""
+    has calibration scores (``scores``: the scans' raw head scores, ``head.decision_function``);
+    unchanged otherwise (a model registered before they existed)."""
     if not len(getattr(head, "conformal_scores_", ())):
         return out
     c = check_coverage(DEFAULT_COVERAGE if coverage is None else coverage)
-    sets, _ = head_sets(head, proba, c)
+    sets, _ = head_sets(head, scores, c)
     out["prediction_set"] = [SET_SEPARATOR.join(s) for s in sets]
     out["coverage"] = c
     return out
