@@ -12,7 +12,7 @@ from scipy.stats import median_abs_deviation
 from medcl.config import AugmentConfig, ConfigError, DataConfig
 from medcl.data.cohort import Cohort
 from medcl.data.demo import make_demo_sources
-from medcl.data.ingest import ingest, preprocess_file
+from medcl.data.ingest import ingest, preprocess_file, read_manifest, write_reference
 from medcl.data.normative import CLIP, NormativeReference, fit_reference
 from medcl.pipelines.pretrain import run_pretrain
 from medcl.serving.inference import check_reference, model_input
@@ -90,7 +90,15 @@ def test_reingesting_without_it_removes_the_reference(demo, tmp_path):
     out = tmp_path / "c"
     ingest([src.nifti_dir], out, DataConfig(**ON, normative="pool"), labels_csv=src.labels_csv, test_fraction=0.5,
            progress=False)
-    assert (out / "normative.npz").exists()
+    first = (out / "normative.npz").stat().st_mtime_ns
+    again = ingest([src.nifti_dir], out, DataConfig(**ON, normative="pool"), labels_csv=src.labels_csv,
+                   test_fraction=0.5, progress=False)
+    assert again.skipped_cached == 8 and (out / "normative.npz").stat().st_mtime_ns == first   # same pool: kept
+    rows = read_manifest(out)
+    moved = next(r for r in rows if r["split"] == "test")
+    moved["split"] = "train"                                  # the pool changes: fitted again, with that scan
+    write_reference(out, rows, DataConfig(**ON, normative="pool"))
+    assert Cohort.load(out).reference.n_scans == sum(r["split"] == "train" for r in rows)
     res = ingest([src.nifti_dir], out, DataConfig(**ON), labels_csv=src.labels_csv, test_fraction=0.5, progress=False)
     assert res.skipped_cached == 8                      # the scans themselves are unchanged by the option
     cohort = Cohort.load(out)

@@ -24,7 +24,7 @@ from scipy import ndimage
 from medcl.config import DataConfig
 from medcl.data import dicom
 from medcl.data.errors import IngestError, check_size
-from medcl.data.normative import FILE as NORMATIVE_FILE, fit_reference
+from medcl.data.normative import FILE as NORMATIVE_FILE, NormativeReference, fit_reference
 from medcl.data.pseudonym import pseudonym
 from medcl.data.readers import load_nifti, load_source, source_sha256
 from medcl.data.register import register
@@ -352,19 +352,24 @@ def ingest(paths: list[Path], out: Path, cfg: DataConfig, labels_csv: Path | Non
 
 def write_reference(out: Path, rows: list[dict], cfg: DataConfig) -> None:
     """``data.normative: pool``: ``out/normative.npz``, the reference of the train split's scans
-    (at most ``MAX_POOL``, in scan-key order: the keys are keyed hashes, so a random sample);
-    removed when ``normative`` is none, so a cohort never applies a stale reference."""
+    (at most ``MAX_POOL``, in scan-key order: the keys are keyed hashes, so a random sample),
+    fitted again only when those scans (keys, sources, preprocessing) changed; removed when
+    ``normative`` is none, so a cohort never applies a stale reference."""
     path = Path(out) / NORMATIVE_FILE
     if cfg.normative == "none":
         path.unlink(missing_ok=True)
         return
-    keys = sorted(r["scan_key"] for r in rows if r["split"] == "train")[:MAX_POOL]
-    if len(keys) < 2:
+    pool = sorted((r["scan_key"], r.get("source_sha256", ""), r.get("prep_sha256", ""))
+                  for r in rows if r["split"] == "train")[:MAX_POOL]
+    if len(pool) < 2:
         raise ValueError(f"{out}: data.normative: pool needs at least 2 train-split scans for its reference, "
-                         f"found {len(keys)}")
-    arrays = Path(out) / "arrays"
+                         f"found {len(pool)}")
+    tag = hashlib.sha256(json.dumps(pool).encode()).hexdigest()
+    if path.exists() and NormativeReference.load(path).pool == tag:
+        return
+    keys, arrays = [p[0] for p in pool], Path(out) / "arrays"
     fit_reference([np.load(arrays / f"{k}.npy") for k in keys], [np.load(arrays / f"{k}.mask.npy") for k in keys],
-                  keys).save(path)
+                  keys, tag).save(path)
 
 
 def _plan_jobs(found, table: LabelTable | None, old: dict, cfg: DataConfig, prep: str,

@@ -47,10 +47,12 @@ FILE = "normative.npz"
 
 @dataclass(frozen=True)
 class NormativeReference:
-    """Per-voxel ``median`` and ``scale`` (float32, the template crop grid) of ``n_scans`` pool scans."""
+    """Per-voxel ``median`` and ``scale`` (float32, the template crop grid) of ``n_scans`` pool
+    scans; ``pool``: a fingerprint of which scans they were (ingest refits only when it changes)."""
     median: np.ndarray
     scale: np.ndarray
     n_scans: int
+    pool: str = ""
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -76,19 +78,20 @@ class NormativeReference:
         return np.where(np.asarray(mask, bool), np.clip(z, -CLIP, CLIP), 0.0).astype(np.float32)
 
     def save(self, path: str | Path) -> None:
-        np.savez(path, median=self.median, scale=self.scale, n_scans=np.int64(self.n_scans))
+        np.savez(path, median=self.median, scale=self.scale, n_scans=np.int64(self.n_scans), pool=np.str_(self.pool))
 
     @classmethod
     def load(cls, path: str | Path) -> "NormativeReference":
         try:
             with np.load(path, allow_pickle=False) as f:
-                return cls(f["median"].astype(np.float32), f["scale"].astype(np.float32), int(f["n_scans"]))
+                return cls(f["median"].astype(np.float32), f["scale"].astype(np.float32), int(f["n_scans"]),
+                           str(f["pool"]) if "pool" in f.files else "")
         except (OSError, KeyError, ValueError) as exc:
             raise ValueError(f"{path}: not a normative reference ({str(exc).splitlines()[0][:200]})") from None
 
 
 def fit_reference(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                  names: Sequence[str] | None = None) -> NormativeReference:
+                  names: Sequence[str] | None = None, pool: str = "") -> NormativeReference:
     """The reference of a pool of registered scans (same grid): per-voxel median and 1.4826 * MAD,
     the scale floored at half its median inside the union of the brain masks."""
     if len(images) < 2:
@@ -105,7 +108,7 @@ def fit_reference(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
     brain = np.any(np.stack([np.asarray(m, bool) for m in masks]), axis=0)
     floor = 0.5 * float(np.median(scale[brain])) if brain.any() else 0.0
     scale = np.maximum(scale, max(floor, 1e-6))
-    return NormativeReference(median.astype(np.float32), scale.astype(np.float32), len(images))
+    return NormativeReference(median.astype(np.float32), scale.astype(np.float32), len(images), pool)
 
 
 def load_reference(root: str | Path) -> NormativeReference | None:
