@@ -156,7 +156,7 @@ def calibrate_head(head, features, labels, scale=None, shift=None) -> None:
     L = head.decision_function(features)
     A = np.broadcast_to(head.scale_ if scale is None else scale, L.shape).astype(float)
     B = np.broadcast_to(head.shift_ if shift is None else shift, L.shape).astype(float)
-    proba = softmax((L * A + B) / head.temperature)
+    proba = softmax(head.scaled(L, A, B))
     head.conformal_scores_ = 1.0 - proba[np.arange(len(labels)), [known[v] for v in labels]]
     head.conformal_labels_ = labels
     head.conformal_scale_, head.conformal_shift_ = A, B
@@ -172,7 +172,7 @@ def head_sets(head, scores, coverage: float) -> tuple[list[list[str]], bool]:
     y = np.array([list(names).index(v) for v in head.conformal_labels_])
     alpha, C = 1.0 - float(coverage), len(names)
     _, mondrian = thresholds(head.conformal_scores_[None], y[None], C, alpha)
-    z = (np.asarray(scores, float)[:, None, :] * head.conformal_scale_ + head.conformal_shift_) / head.temperature
+    z = head.scaled(np.asarray(scores, float)[:, None, :], head.conformal_scale_, head.conformal_shift_)
     test = 1.0 - softmax(z)                                                  # (N, n, C): under each scan's scaling
     counts = np.eye(C, dtype=bool)[y] if mondrian[0] else np.ones((len(y), C), bool)    # (n, C): who counts for c
     below = ((head.conformal_scores_[:, None] < test - 1e-12) & counts).sum(1)        # (N, C)

@@ -118,8 +118,15 @@ class LinearHead:
         Z = _check_predict(self, X) - self.mean_
         return (l2_normalise(Z) if self.normalise else Z) @ self.weight_.T + self.bias_
 
+    def scaled(self, scores, scale=None, shift=None) -> np.ndarray:
+        """Raw head ``scores`` (``decision_function``) under a scaling (default: the head's own
+        ``scale_``/``shift_``; broadcast against ``scores``), over the temperature: the
+        calibrated logits."""
+        return (scores * (self.scale_ if scale is None else scale) + (self.shift_ if shift is None else shift)) \
+            / self.temperature
+
     def calibrated_logits(self, X) -> np.ndarray:
-        return (self.decision_function(X) * self.scale_ + self.shift_) / self.temperature
+        return self.scaled(self.decision_function(X))
 
     def predict_proba(self, X) -> np.ndarray:
         return softmax(self.calibrated_logits(X))

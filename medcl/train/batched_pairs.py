@@ -101,17 +101,17 @@ class ParamDrawer(Dataset):
 
     def __getitem__(self, request: Request) -> BatchParams:
         epoch, indices = request
-        pairs = [sample_views(np.random.default_rng([self.seed, epoch, i]), self.mask(i), self.cfg, self.boxes[i])
-                 for i in indices]
+        masks = [self.mask(i) for i in indices]
+        pairs = [sample_views(np.random.default_rng([self.seed, epoch, i]), m, self.cfg, self.boxes[i])
+                 for i, m in zip(indices, masks)]
         out = BatchParams(list(indices), pairs)
         if self.image_files is not None:
             out.regions, out.origins = [], []
-            for i, pair in zip(indices, pairs):
+            for i, pair, mask in zip(indices, pairs, masks):
                 start, size = union_box(pair)
                 img = np.load(self.image_files[i], mmap_mode="r")
                 region = tuple(slice(s, s + n) for s, n in zip(start, size))
-                box = img[region] if self.reference is None else \
-                    self.reference.apply(img[region], self.mask(i)[region], region)
+                box = img[region] if self.reference is None else self.reference.apply(img[region], mask[region], region)
                 out.regions.append(torch.from_numpy(np.ascontiguousarray(box, dtype=np.float16)))
                 out.origins.append(start)
         return out
